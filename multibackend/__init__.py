@@ -1,0 +1,72 @@
+"""multibackend: the multi-tenant AI backend's Chatwoot auto-sync (app factory and init_app)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+from multibackend.config import DEFAULTS, engine_options, read_settings, sqlalchemy_database_uri
+from multibackend.errors import register_routing_errors
+from multibackend.extensions import db, init_redis
+from multibackend.logging_setup import configure_logging
+
+logger = logging.getLogger(__name__)
+
+CHATWOOT_WEBHOOKS_URL_PREFIX = "/api/chatwoot/webhooks"
+
+
+def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
+    """The standalone service: settings from the environment (then overrides), system info, the auto-sync."""
+    from multibackend.routes.system import bp as system_bp
+
+    app = Flask(__name__)
+    app.config.update(read_settings(os.environ, overrides))
+    configure_logging(app.config["LOG_LEVEL"])
+    app.register_blueprint(system_bp)
+    init_app(app)
+    register_routing_errors(app, ("/",))
+    return app
+
+
+def init_app(app: Flask, url_prefix: str = CHATWOOT_WEBHOOKS_URL_PREFIX) -> None:
+    """Mount the Chatwoot auto-sync on an app (ours or a host's): config, database, Redis, blueprint, CLI."""
+    from multibackend.cli import chatwoot_cli
+    from multibackend.routes.chatwoot_webhooks import bp as webhooks_bp
+    from multibackend.routes.system import add_chatwoot_entries
+
+    configured = {key: app.config[key] for key in DEFAULTS if key in app.config}
+    app.config.update(read_settings(os.environ, configured))
+    app.config["CHATWOOT_WEBHOOKS_URL_PREFIX"] = url_prefix
+    uri = app.config.setdefault(
+        "SQLALCHEMY_DATABASE_URI", sqlalchemy_database_uri(app.config["DATABASE_URL"], app.instance_path)
+    )
+    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", engine_options(uri, app.config))
+    if "sqlalchemy" not in app.extensions:
+        db.init_app(app)
+    init_redis(app)
+    if uri.startswith("sqlite:"):
+        _create_embedded_tables(app)
+    app.register_blueprint(webhooks_bp, url_prefix=url_prefix)
+    app.after_request(add_chatwoot_entries)
+    app.cli.add_command(chatwoot_cli)
+    register_routing_errors(app, (url_prefix,))
+    if not app.config["CHATWOOT_WEBHOOK_SECRETS"]:
+        logger.warning(
+            "[Chatwoot Webhook] CHATWOOT_WEBHOOK_SECRET is not set: webhook deliveries are accepted without "
+            "authentication. Set it and add ?token=<secret> to the URL configured in Chatwoot."
+        )
+
+
+def _create_embedded_tables(app: Flask) -> None:
+    """The embedded SQLite default needs no init-db step; workers starting together may race, which is harmless."""
+    from sqlalchemy.exc import OperationalError
+
+    with app.app_context():
+        try:
+            db.create_all()
+        except OperationalError:
+            db.create_all()

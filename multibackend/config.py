@@ -1,0 +1,95 @@
+"""Settings read from the environment at factory time, validated once."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+DEFAULTS: dict[str, Any] = {
+    "DATABASE_URL": "",
+    "REDIS_URL": "",
+    "CHATWOOT_WEBHOOK_SECRET": "",
+    "CHATWOOT_WEBHOOK_MAX_BODY_BYTES": 1024 * 1024,
+    "CHATWOOT_SIGNATURE_TOLERANCE_SECONDS": 300,
+    "DATABASE_CONNECT_TIMEOUT_SECONDS": 2,
+    "DATABASE_STATEMENT_TIMEOUT_MS": 3000,
+    "DATABASE_POOL_SIZE": 5,
+    "REDIS_TIMEOUT_SECONDS": 0.5,
+    "LOG_LEVEL": "INFO",
+}
+
+INTEGER_SETTINGS = (
+    "CHATWOOT_WEBHOOK_MAX_BODY_BYTES",
+    "CHATWOOT_SIGNATURE_TOLERANCE_SECONDS",
+    "DATABASE_CONNECT_TIMEOUT_SECONDS",
+    "DATABASE_STATEMENT_TIMEOUT_MS",
+    "DATABASE_POOL_SIZE",
+)
+FLOAT_SETTINGS = ("REDIS_TIMEOUT_SECONDS",)
+
+
+class ConfigError(RuntimeError):
+    """A setting is present but unusable; raised at start-up, never at request time."""
+
+
+def read_settings(environ: Mapping[str, str], overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Return every known setting, typed: defaults < environment < overrides."""
+    raw: dict[str, Any] = dict(DEFAULTS)
+    raw.update({key: environ[key] for key in DEFAULTS if key in environ})
+    raw.update(overrides or {})
+    for key in INTEGER_SETTINGS:
+        raw[key] = _positive_number(key, raw[key], int)
+    for key in FLOAT_SETTINGS:
+        raw[key] = _positive_number(key, raw[key], float)
+    raw["CHATWOOT_WEBHOOK_SECRETS"] = parse_secrets(raw["CHATWOOT_WEBHOOK_SECRET"])
+    raw["LOG_LEVEL"] = str(raw["LOG_LEVEL"]).upper()
+    return raw
+
+
+def parse_secrets(value: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    """Split a comma-separated secret list (rotation) into its non-empty members."""
+    items = value.split(",") if isinstance(value, str) else list(value or ())
+    return tuple(item.strip() for item in items if item and item.strip())
+
+
+def sqlalchemy_database_uri(database_url: str, instance_path: str) -> str:
+    """Map DATABASE_URL to a SQLAlchemy URI: psycopg 3 for PostgreSQL, SQLite file when unset."""
+    url = (database_url or "").strip()
+    if not url:
+        Path(instance_path).mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{Path(instance_path) / 'multibackend.db'}"
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    if url.startswith(("postgresql+", "sqlite:")):
+        return url
+    raise ConfigError("DATABASE_URL must start with postgresql:// (or postgres://); leave it unset for SQLite")
+
+
+def engine_options(uri: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Pool and timeout options so that a hung database cannot hold a request past Chatwoot's 5 s."""
+    if uri.startswith("sqlite:"):
+        return {"connect_args": {"timeout": settings["DATABASE_CONNECT_TIMEOUT_SECONDS"]}}
+    statement_timeout = settings["DATABASE_STATEMENT_TIMEOUT_MS"]
+    return {
+        "pool_pre_ping": True,
+        "pool_size": settings["DATABASE_POOL_SIZE"],
+        "pool_timeout": settings["DATABASE_CONNECT_TIMEOUT_SECONDS"],
+        "connect_args": {
+            "connect_timeout": settings["DATABASE_CONNECT_TIMEOUT_SECONDS"],
+            "options": f"-c statement_timeout={statement_timeout}",
+            "application_name": "multibackend",
+        },
+    }
+
+
+def _positive_number(key: str, value: Any, kind: type) -> Any:
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be a number, got {value!r}") from None
+    if number <= 0:
+        raise ConfigError(f"{key} must be greater than zero, got {value!r}")
+    return number
+

@@ -1,0 +1,95 @@
+"""JSON errors with stable codes: what callers see instead of HTML pages, exception text or stack traces."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, Flask, Response, jsonify, request
+from marshmallow import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.exceptions import HTTPException
+
+logger = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = 30
+
+HTTP_ERROR_CODES = {
+    400: ("bad_request", "Bad request"),
+    404: ("not_found", "Not found"),
+    405: ("method_not_allowed", "Method not allowed"),
+    413: ("payload_too_large", "Request body too large"),
+    415: ("unsupported_media_type", "Content-Type must be application/json"),
+    429: ("rate_limited", "Too many requests"),
+}
+
+
+class ApiError(Exception):
+    """An answer to give the caller: HTTP status, stable code, human message, optional field details."""
+
+    def __init__(self, status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+        self.headers = headers or {}
+
+
+def service_unavailable(what: str) -> ApiError:
+    """503 for a backing service that is down, with a Retry-After hint."""
+    return ApiError(
+        503,
+        "service_unavailable",
+        f"{what} is unavailable, try again later",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+def error_response(error: ApiError) -> tuple[Response, int, dict[str, str]]:
+    """The JSON body every error shares: success false, error, code, and details when there are any."""
+    body: dict[str, Any] = {"success": False, "error": error.message, "code": error.code}
+    if error.details is not None:
+        body["details"] = error.details
+    return jsonify(body), error.status, error.headers
+
+
+def from_http_exception(exc: HTTPException) -> ApiError:
+    """The ApiError for a werkzeug HTTP exception (routing 404/405, 413 from the body limit, ...)."""
+    status = exc.code or 500
+    code, message = HTTP_ERROR_CODES.get(status, ("http_error", exc.name))
+    headers = {"Allow": ", ".join(exc.valid_methods)} if getattr(exc, "valid_methods", None) else {}
+    return ApiError(status, code, message, headers=headers)
+
+
+def register_blueprint_errors(bp: Blueprint) -> None:
+    """JSON for everything a view of this blueprint can raise; never str(exception) to the caller."""
+    bp.register_error_handler(ApiError, error_response)
+    bp.register_error_handler(HTTPException, lambda exc: error_response(from_http_exception(exc)))
+    bp.register_error_handler(
+        ValidationError,
+        lambda exc: error_response(ApiError(422, "invalid_payload", "Invalid payload", details=exc.messages)),
+    )
+    bp.register_error_handler(SQLAlchemyError, _database_error)
+    bp.register_error_handler(Exception, _unexpected_error)
+
+
+def register_routing_errors(app: Flask, prefixes: tuple[str, ...]) -> None:
+    """JSON for routing errors (404/405) under our URL prefixes; a host's own pages elsewhere stay as they are."""
+
+    def handle(exc: HTTPException) -> Any:
+        if not request.path.startswith(prefixes):
+            return exc
+        return error_response(from_http_exception(exc))
+
+    app.register_error_handler(HTTPException, handle)
+
+
+def _database_error(exc: SQLAlchemyError) -> tuple[Response, int, dict[str, str]]:
+    logger.error("[Chatwoot Webhook] Database error on %s: %s", request.path, type(exc).__name__)
+    return error_response(service_unavailable("The database"))
+
+
+def _unexpected_error(exc: Exception) -> tuple[Response, int, dict[str, str]]:
+    logger.exception("[Chatwoot Webhook] Unexpected error on %s", request.path)
+    return error_response(ApiError(500, "internal_error", "Internal server error"))

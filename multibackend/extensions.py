@@ -1,0 +1,50 @@
+"""The app's extensions, created unbound and attached in init_app."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from flask import Flask, current_app
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy.dialects import postgresql, sqlite
+
+from sqlalchemy.orm import DeclarativeBase
+
+
+
+class Base(DeclarativeBase):
+    """Base class of the project's typed models."""
+
+
+db = SQLAlchemy(model_class=Base)
+
+REDIS_EXTENSION = "multibackend.redis"
+
+
+def init_redis(app: Flask) -> None:
+    """Create the app's Redis client (connections open lazily), or record that none is configured."""
+    url = app.config.get("REDIS_URL") or ""
+    timeout = app.config["REDIS_TIMEOUT_SECONDS"]
+    app.extensions[REDIS_EXTENSION] = (
+        redis.Redis.from_url(
+            url,
+            socket_connect_timeout=timeout,
+            socket_timeout=timeout,
+            health_check_interval=30,
+            decode_responses=True,
+        )
+        if url
+        else None
+    )
+
+
+def get_redis() -> redis.Redis | None:
+    """The current app's Redis client, or None when REDIS_URL is not set."""
+    return current_app.extensions.get(REDIS_EXTENSION)
+
+
+def conflict_aware_insert(table: Any) -> Any:
+    """An INSERT that supports ON CONFLICT on the bound database (PostgreSQL in production, SQLite embedded)."""
+    dialect = db.session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)

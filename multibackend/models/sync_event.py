@@ -1,0 +1,43 @@
+"""What the sync metrics read: one row per processed delivery, one counter per rejection code."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Boolean, CheckConstraint, DateTime, Float, Integer, String, Text, func
+from sqlalchemy.orm import Mapped, mapped_column
+
+from multibackend.extensions import db
+from multibackend.clock import utcnow
+
+
+class SyncEvent(db.Model):
+    """One authenticated, valid account_created delivery and how it ended."""
+
+    __tablename__ = "chatwoot_sync_events"
+    __table_args__ = (
+        CheckConstraint("outcome IN ('success', 'failed')", name="chatwoot_sync_events_outcome_check"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    chatwoot_account_id: Mapped[str] = mapped_column(String(50))
+    company_id: Mapped[str | None] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(16))
+    created: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    latency_ms: Mapped[float] = mapped_column(Float(53))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, server_default=func.now(), index=True
+    )
+
+
+class WebhookRejection(db.Model):
+    """How many deliveries were refused with one error code, and when the last one was."""
+
+    __tablename__ = "chatwoot_webhook_rejections"
+
+    code: Mapped[str] = mapped_column(String(40), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    last_rejected_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, server_default=func.now()
+    )

@@ -1,0 +1,118 @@
+"""The chatwoot_webhooks blueprint: installation webhook, company lookup and sync metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from functools import wraps
+from typing import Any, Callable
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from multibackend.errors import ApiError, register_blueprint_errors
+from multibackend.logging_setup import printable
+from multibackend.schemas import ACCOUNT_CREATED_EVENT, BIGINT_MAX, account_created_schema, event_of
+from multibackend.services import sync_metrics, tenant_provisioning, webhook_auth
+
+logger = logging.getLogger(__name__)
+
+URL_PREFIX = "/api/chatwoot/webhooks"
+WEBHOOK_ENDPOINT = "chatwoot_webhooks.account_created"
+
+bp = Blueprint("chatwoot_webhooks", __name__)
+register_blueprint_errors(bp)
+
+
+@bp.before_request
+def limit_body_size() -> None:
+    request.max_content_length = current_app.config["CHATWOOT_WEBHOOK_MAX_BODY_BYTES"]
+
+
+@bp.after_request
+def count_rejected_delivery(response: Response) -> Response:
+    if request.endpoint == WEBHOOK_ENDPOINT and 400 <= response.status_code < 500:
+        sync_metrics.record_rejection((response.get_json(silent=True) or {}).get("code", str(response.status_code)))
+    return response
+
+
+def require_chatwoot_auth(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Refuse with 403 invalid_signature unless the request proves a configured secret (when any is set)."""
+
+    @wraps(view)
+    def authenticated_view(*args: Any, **kwargs: Any) -> Any:
+        secrets = current_app.config["CHATWOOT_WEBHOOK_SECRETS"]
+        body = request.get_data(cache=True)  # read first: the body limit (413) comes before authentication
+        if secrets and not webhook_auth.is_authentic(
+            credentials_of_request(body), secrets, time.time(), current_app.config["CHATWOOT_SIGNATURE_TOLERANCE_SECONDS"]
+        ):
+            raise ApiError(403, "invalid_signature", "Invalid webhook signature")
+        return view(*args, **kwargs)
+
+    return authenticated_view
+
+
+def credentials_of_request(body: bytes) -> webhook_auth.DeliveryCredentials:
+    """The token, Basic password and signature headers this request carries."""
+    authorization = request.authorization
+    return webhook_auth.DeliveryCredentials(
+        tokens=request.args.getlist("token"),
+        basic_password=authorization.password if authorization and authorization.type == "basic" else None,
+        signature=request.headers.get("X-Chatwoot-Signature"),
+        timestamp=request.headers.get("X-Chatwoot-Timestamp"),
+        body=body,
+    )
+
+
+def parse_json_body() -> Any:
+    """The request body as JSON: 415 for a non-JSON content type, 400 invalid_json for anything unparsable."""
+    if request.mimetype and not request.is_json:
+        raise ApiError(415, "unsupported_media_type", "Content-Type must be application/json")
+    try:
+        return json.loads(request.get_data(cache=True).decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise ApiError(400, "invalid_json", "Request body is not valid JSON") from None
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def ok(data: dict[str, Any]) -> Response:
+    return jsonify({"success": True, "data": data})
+
+
+@bp.post("/account-created")
+@require_chatwoot_auth
+def account_created() -> Response:
+    """Create (once) the company for a new Chatwoot account and provision its services."""
+    payload = parse_json_body()
+    event = event_of(payload)
+    if isinstance(event, str) and event != ACCOUNT_CREATED_EVENT:
+        logger.info("[Chatwoot Webhook] Ignored event: %s", printable(event))
+        return ok({"ignored": True, "event": event, "message": "Only account_created is processed here"})
+    account = account_created_schema.load(payload)
+    logger.info("[Chatwoot Webhook] Account created: %s - %s", account["id"], printable(account["name"], 255))
+    result = tenant_provisioning.provision_account(account["id"], account["name"])
+    return ok(result.as_response())
+
+
+@bp.get("/company/<account_id>")
+def company(account_id: str) -> Response:
+    """Look a company up by Chatwoot account id; unknown accounts answer exists: false (the iframe polls)."""
+    found = tenant_provisioning.find_company(parse_account_id(account_id))
+    return ok({"exists": True, **found.as_dict()} if found else {"exists": False})
+
+
+@bp.get("/metrics")
+@require_chatwoot_auth
+def metrics() -> Response:
+    """Sync totals, success rate, latency and recent errors shared by every worker."""
+    return ok(sync_metrics.sync_metrics())
+
+
+def parse_account_id(text: str) -> int:
+    """A positive integer that fits a bigint, or 400 invalid_account_id."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 19 or not 0 < int(text) <= BIGINT_MAX:
+        raise ApiError(400, "invalid_account_id", "Account id must be a positive integer")
+    return int(text)

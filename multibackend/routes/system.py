@@ -1,0 +1,54 @@
+"""GET /api/system/info, and the entries that the Chatwoot auto-sync adds to any app's system info."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+
+from multibackend.version import NAME, VERSION
+
+SYSTEM_INFO_PATH = "/api/system/info"
+CHATWOOT_FEATURE = "chatwoot-auto-sync"
+
+bp = Blueprint("system", __name__)
+
+
+@bp.get(SYSTEM_INFO_PATH)
+def system_info() -> Response:
+    """Name, version, endpoints and features of this service."""
+    return jsonify({"success": True, "data": {"name": NAME, "version": VERSION, "endpoints": {"system_info": SYSTEM_INFO_PATH}, "features": []}})
+
+
+def chatwoot_info(app: Flask) -> dict[str, Any]:
+    """What the Chatwoot auto-sync contributes to system info, including whether webhooks are authenticated."""
+    authenticated = bool(app.config["CHATWOOT_WEBHOOK_SECRETS"])
+    return {
+        "endpoint": app.config["CHATWOOT_WEBHOOKS_URL_PREFIX"],
+        "webhook_authentication": {
+            "enabled": authenticated,
+            "methods": ["token", "basic", "hmac-sha256"] if authenticated else [],
+            "warning": None
+            if authenticated
+            else "CHATWOOT_WEBHOOK_SECRET is not set: anyone can create companies through the webhook",
+        },
+    }
+
+
+def add_chatwoot_entries(response: Response) -> Response:
+    """After-request hook: merge the auto-sync entries into the app's system info, whoever serves it."""
+    if request.path != SYSTEM_INFO_PATH or response.status_code != 200 or not response.is_json:
+        return response
+    body = response.get_json(silent=True)
+    if not isinstance(body, dict):
+        return response
+    info = body["data"] if isinstance(body.get("data"), dict) else body
+    chatwoot = chatwoot_info(current_app)
+    info.setdefault("endpoints", {})["chatwoot_webhooks"] = chatwoot["endpoint"]
+    features = info.setdefault("features", [])
+    if CHATWOOT_FEATURE not in features:
+        features.append(CHATWOOT_FEATURE)
+    info["chatwoot_webhook_authentication"] = chatwoot["webhook_authentication"]
+    response.set_data(json.dumps(body))
+    return response

@@ -1,0 +1,1 @@
+"""Service functions: what views call."""

@@ -1,0 +1,99 @@
+"""Sync metrics, stored in the database so that every worker and instance shares them."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import func, select
+
+from multibackend.extensions import conflict_aware_insert, db
+from multibackend.logging_setup import printable
+from multibackend.models import SyncEvent, WebhookRejection
+from multibackend.clock import iso_utc, utcnow
+
+logger = logging.getLogger(__name__)
+
+RECENT_ERRORS_LIMIT = 10
+
+
+def add_sync_event(
+    account_id: int, company_id: str | None, outcome: str, created: bool, latency_ms: float, error: str | None = None
+) -> None:
+    """Stage one sync event in the current transaction; the caller commits it with its own work."""
+    db.session.add(
+        SyncEvent(
+            chatwoot_account_id=str(account_id),
+            company_id=company_id,
+            outcome=outcome,
+            created=created,
+            latency_ms=round(latency_ms, 3),
+            error=error,
+        )
+    )
+
+
+def record_failed_sync(account_id: int, latency_ms: float, error: str) -> None:
+    """Record a failed sync in a transaction of its own; when even that is impossible, log it and go on."""
+    try:
+        db.session.rollback()
+        add_sync_event(account_id, None, "failed", False, latency_ms, error)
+        db.session.commit()
+    except Exception as exc:  # the database that just failed may still be down
+        db.session.rollback()
+        logger.error("[Chatwoot Sync] Error: could not record the failed sync of %s (%s)", account_id, type(exc).__name__)
+
+
+def record_rejection(code: str) -> None:
+    """Count one refused delivery under its error code (an upsert, so concurrent workers never lose a count)."""
+    now = utcnow()
+    statement = conflict_aware_insert(WebhookRejection.__table__).values(code=code, count=1, last_rejected_at=now)
+    statement = statement.on_conflict_do_update(
+        index_elements=["code"],
+        set_={"count": WebhookRejection.__table__.c.count + 1, "last_rejected_at": now},
+    )
+    try:
+        db.session.execute(statement)
+        db.session.commit()
+    except Exception as exc:
+        db.session.rollback()
+        logger.warning("[Chatwoot Webhook] Could not count a rejected delivery (%s)", type(exc).__name__)
+
+
+def sync_metrics() -> dict[str, Any]:
+    """Totals, success rate, average latency, last sync and the latest errors, across all workers."""
+    success = SyncEvent.outcome == "success"
+    total, success_count, avg_latency, last_sync = db.session.execute(
+        select(
+            func.count(),
+            func.count().filter(success),
+            func.avg(SyncEvent.latency_ms),
+            func.max(SyncEvent.created_at),
+        )
+    ).one()
+    rejected = db.session.execute(select(func.coalesce(func.sum(WebhookRejection.count), 0))).scalar_one()
+    return {
+        "total_syncs": total,
+        "success_count": success_count,
+        "failed_count": total - success_count,
+        "rejected_count": int(rejected),
+        "success_rate": round(100.0 * success_count / total, 2) if total else None,
+        "avg_latency_ms": round(float(avg_latency), 2) if avg_latency is not None else None,
+        "last_sync": iso_utc(last_sync),
+        "recent_errors": recent_errors(),
+    }
+
+
+def recent_errors(limit: int = RECENT_ERRORS_LIMIT) -> list[dict[str, Any]]:
+    """The latest syncs that failed or left provisioning unfinished, newest first."""
+    rows = db.session.scalars(
+        select(SyncEvent)
+        .where(SyncEvent.error.is_not(None))
+        .order_by(SyncEvent.created_at.desc(), SyncEvent.id.desc())
+        .limit(limit)
+    )
+    return [
+        {"time": iso_utc(row.created_at), "account_id": row.chatwoot_account_id, "error": printable(row.error or "")}
+        for row in rows
+    ]
+

@@ -1,0 +1,2 @@
+NAME = "multibackend"
+VERSION = "1.0.0"
