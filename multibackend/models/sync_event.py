@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, CheckConstraint, DateTime, Float, Integer, String, Text, func
+from sqlalchemy import BigInteger, Boolean, CheckConstraint, DateTime, Float, Integer, String, Text, func, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from multibackend.extensions import db
@@ -23,7 +23,7 @@ class SyncEvent(db.Model):
     chatwoot_account_id: Mapped[str] = mapped_column(String(50))
     company_id: Mapped[str | None] = mapped_column(String(64))
     outcome: Mapped[str] = mapped_column(String(16))
-    created: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    created: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     latency_ms: Mapped[float] = mapped_column(Float(53))
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(
@@ -37,7 +37,7 @@ class WebhookRejection(db.Model):
     __tablename__ = "chatwoot_webhook_rejections"
 
     code: Mapped[str] = mapped_column(String(40), primary_key=True)
-    count: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    count: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
     last_rejected_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, server_default=func.now()
     )

@@ -65,6 +65,8 @@ class ProvisioningResult:
     def as_response(self) -> dict[str, Any]:
         company = self.company
         message = "Company created and provisioned" if self.created else "Company already exists"
+        if self.redis == "skipped":
+            message += "; Redis step skipped (REDIS_URL is not set)"
         if company.provisioning_status != "ready":
             message += "; provisioning is pending and will be retried"
         return {

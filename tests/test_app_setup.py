@@ -1,0 +1,146 @@
+"""Settings, the embedded SQLite default, system info, mounting into a host app, and the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from flask import Flask, jsonify
+
+from multibackend import create_app, init_app
+from multibackend.config import ConfigError, read_settings, sqlalchemy_database_uri
+from multibackend.extensions import db
+from tests.conftest import ROOT, WEBHOOK, count_rows
+
+INFO = "/api/system/info"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgres://u:p@h:5432/d", "postgresql+psycopg://u:p@h:5432/d"),
+        ("postgresql://u:p@h/d?sslmode=require", "postgresql+psycopg://u:p@h/d?sslmode=require"),
+        ("postgresql+psycopg://u@h/d", "postgresql+psycopg://u@h/d"),
+    ],
+)
+def test_database_url_styles(url, expected):
+    assert sqlalchemy_database_uri(url, "/tmp/unused") == expected
+
+
+def test_no_database_url_means_an_embedded_sqlite_file(tmp_path):
+    assert sqlalchemy_database_uri("", str(tmp_path)) == f"sqlite:///{tmp_path}/multibackend.db"
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"DATABASE_URL": "mysql://x"},
+        {"CHATWOOT_WEBHOOK_MAX_BODY_BYTES": "lots"},
+        {"CHATWOOT_SIGNATURE_TOLERANCE_SECONDS": "-5"},
+        {"REDIS_TIMEOUT_SECONDS": "0"},
+    ],
+)
+def test_unusable_settings_fail_at_start_up(settings):
+    with pytest.raises(ConfigError):
+        create_app(settings)
+
+
+def test_secret_list_for_rotation():
+    assert read_settings({"CHATWOOT_WEBHOOK_SECRET": " old , new,, "})["CHATWOOT_WEBHOOK_SECRETS"] == ("old", "new")
+    assert read_settings({})["CHATWOOT_WEBHOOK_SECRETS"] == ()
+
+
+def test_environment_is_read_and_overrides_win(monkeypatch):
+    monkeypatch.setenv("CHATWOOT_SIGNATURE_TOLERANCE_SECONDS", "120")
+    monkeypatch.setenv("CHATWOOT_WEBHOOK_MAX_BODY_BYTES", "2048")
+    settings = read_settings(os.environ, {"CHATWOOT_WEBHOOK_MAX_BODY_BYTES": 4096})
+    assert (settings["CHATWOOT_SIGNATURE_TOLERANCE_SECONDS"], settings["CHATWOOT_WEBHOOK_MAX_BODY_BYTES"]) == (120, 4096)
+
+
+def test_embedded_sqlite_default_serves_the_whole_flow(tmp_path):
+    app = Flask("standalone_sqlite", instance_path=str(tmp_path))
+    app.config.update(DATABASE_URL="", REDIS_URL="")
+    init_app(app)
+    client = app.test_client()
+    first = client.post(WEBHOOK, json={"id": 42, "name": "Acme Corp", "event": "account_created", "users": []})
+    again = client.post(WEBHOOK, json={"id": 42, "name": "Acme Corp"})
+    assert (first.json["data"]["created"], again.json["data"]["created"]) == (True, False)
+    assert first.json["data"]["redis"] == "skipped"
+    assert client.get("/api/chatwoot/webhooks/company/42").json["data"]["created_at"].endswith("Z")
+    metrics = client.get("/api/chatwoot/webhooks/metrics").json["data"]
+    assert (metrics["total_syncs"], metrics["success_rate"]) == (2, 100.0)
+    assert metrics["last_sync"].endswith("Z")
+    assert (tmp_path / "multibackend.db").exists()
+    with app.app_context():
+        db.engine.dispose()
+
+
+def test_system_info_advertises_the_feature(make_app):
+    body = make_app().test_client().get(INFO).json
+    assert body["success"] is True
+    info = body["data"]
+    assert info["name"] == "multibackend" and info["version"]
+    assert info["endpoints"]["chatwoot_webhooks"] == "/api/chatwoot/webhooks"
+    assert "chatwoot-auto-sync" in info["features"]
+    assert info["chatwoot_webhook_authentication"]["enabled"] is False
+    assert "not set" in info["chatwoot_webhook_authentication"]["warning"]
+
+
+def test_system_info_says_when_authentication_is_on(make_app):
+    auth = make_app(CHATWOOT_WEBHOOK_SECRET="s").test_client().get(INFO).json["data"]["chatwoot_webhook_authentication"]
+    assert auth == {"enabled": True, "methods": ["token", "basic", "hmac-sha256"], "warning": None}
+
+
+def test_host_app_gets_the_blueprint_and_its_info_entries(clean_database, redis_url):
+    host = Flask("host_backend")
+    host.config.update(DATABASE_URL=clean_database, REDIS_URL=redis_url)
+
+    @host.get(INFO)
+    def host_info():
+        return jsonify({"name": "host", "endpoints": {"chat": "/api/chat"}, "features": ["rag"]})
+
+    @host.get("/api/chat")
+    def chat():
+        return {"ok": True}
+
+    init_app(host)
+    client = host.test_client()
+    info = client.get(INFO).json
+    assert info["name"] == "host"
+    assert info["endpoints"] == {"chat": "/api/chat", "chatwoot_webhooks": "/api/chatwoot/webhooks"}
+    assert info["features"] == ["rag", "chatwoot-auto-sync"]
+    assert client.post(WEBHOOK, json={"id": 5, "name": "Host Co"}).json["data"]["created"] is True
+    assert count_rows(clean_database, "companies") == 1
+    assert client.get("/api/nothing-here").status_code == 404
+    assert client.get("/api/nothing-here").content_type.startswith("text/html")  # the host's own pages stay
+    assert client.get("/api/chatwoot/webhooks/nothing").json["code"] == "not_found"
+    with host.app_context():
+        db.engine.dispose()
+
+
+def run_cli(*args, env):
+    return subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi", *args],
+        cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_init_db_command_is_idempotent(database_url):
+    for _ in range(2):
+        result = run_cli("chatwoot", "init-db", env={"DATABASE_URL": database_url, "REDIS_URL": ""})
+        assert result.returncode == 0, result.stderr
+        assert "Schema applied" in result.stdout
+
+
+def test_init_db_command_on_sqlite(tmp_path):
+    result = run_cli("chatwoot", "init-db", env={"DATABASE_URL": f"sqlite:///{tmp_path}/cli.db", "REDIS_URL": ""})
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "cli.db").exists()
+
+
+def test_procfile_runs_init_db_on_release_and_gunicorn_on_web():
+    lines = dict(line.split(":", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line.strip())
+    assert lines["release"].strip() == "flask --app wsgi chatwoot init-db"
+    assert lines["web"].strip().startswith("gunicorn wsgi:app")

@@ -1,0 +1,120 @@
+"""GET company/<account_id> (what the iframe polls) and GET metrics."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import psycopg
+import pytest
+
+from tests.conftest import WEBHOOK, free_port
+
+LOOKUP = "/api/chatwoot/webhooks/company/"
+METRICS = "/api/chatwoot/webhooks/metrics"
+
+
+def test_lookup_of_an_existing_company(client, clean_database):
+    client.post(WEBHOOK, json={"id": 42, "name": "Acme Corp"})
+    response = client.get(LOOKUP + "42")
+    assert response.status_code == 200
+    data = response.json["data"]
+    created_at = data.pop("created_at")
+    assert data == {
+        "exists": True,
+        "company_id": "chatwoot_42",
+        "company_name": "Acme Corp",
+        "chatwoot_account_id": "42",
+        "redis_prefix": "chatwoot_42:",
+        "vectorstore_index": "chatwoot_42_documents",
+        "provisioning_status": "ready",
+    }
+    moment = datetime.fromisoformat(created_at.replace("Z", "+00:00"))
+    assert created_at.endswith("Z") and abs(datetime.now(timezone.utc) - moment) < timedelta(minutes=1)
+
+
+def test_lookup_of_an_unknown_account_says_it_does_not_exist(client, clean_database):
+    response = client.get(LOOKUP + "4242")
+    assert response.status_code == 200
+    assert response.json == {"success": True, "data": {"exists": False}}
+
+
+def test_lookup_does_not_confuse_account_1_with_12(client, clean_database):
+    client.post(WEBHOOK, json={"id": 12, "name": "Twelve"})
+    assert client.get(LOOKUP + "1").json["data"]["exists"] is False
+    assert client.get(LOOKUP + "012").json["data"]["company_id"] == "chatwoot_12"
+
+
+@pytest.mark.parametrize("bad", ["abc", "0", "-1", "1.5", "1e3", "%20", "42abc", "9223372036854775808", "9" * 40, "٤٢", "0x2a"])
+def test_lookup_of_an_invalid_id_is_400(client, clean_database, bad):
+    response = client.get(LOOKUP + bad)
+    assert response.status_code == 400
+    assert response.json == {"success": False, "error": "Account id must be a positive integer", "code": "invalid_account_id"}
+
+
+def test_lookup_without_id_is_404_json(client):
+    response = client.get(LOOKUP)
+    assert response.status_code == 404
+    assert response.json["code"] == "not_found"
+
+
+def test_metrics_start_empty(client, clean_database):
+    assert client.get(METRICS).json["data"] == {
+        "total_syncs": 0,
+        "success_count": 0,
+        "failed_count": 0,
+        "rejected_count": 0,
+        "success_rate": None,
+        "avg_latency_ms": None,
+        "last_sync": None,
+        "recent_errors": [],
+    }
+
+
+def insert_events(database_url, rows):
+    with psycopg.connect(database_url) as connection:
+        connection.cursor().executemany(
+            "INSERT INTO chatwoot_sync_events (chatwoot_account_id, company_id, outcome, created, latency_ms, error, created_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            rows,
+        )
+
+
+def test_metrics_arithmetic(client, clean_database):
+    base = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
+    rows = [(str(i), f"chatwoot_{i}", "success", True, 10.0, None, base + timedelta(seconds=i)) for i in range(1, 6)]
+    rows += [(str(i), None, "failed", False, 40.0, f"database error {i}", base + timedelta(seconds=i)) for i in range(6, 20)]
+    rows += [("1", "chatwoot_1", "success", False, 100.0, None, base + timedelta(seconds=30))]
+    insert_events(clean_database, rows)
+    data = client.get(METRICS).json["data"]
+    assert data["total_syncs"] == 20
+    assert (data["success_count"], data["failed_count"]) == (6, 14)
+    assert data["success_rate"] == 30.0
+    assert data["avg_latency_ms"] == round((5 * 10 + 14 * 40 + 100) / 20, 2)
+    assert data["last_sync"] == "2026-11-01T12:00:30Z"
+    assert len(data["recent_errors"]) == 10
+    assert [error["account_id"] for error in data["recent_errors"]] == [str(i) for i in range(19, 9, -1)]
+    assert data["recent_errors"][0] == {"time": "2026-11-01T12:00:19Z", "account_id": "19", "error": "database error 19"}
+
+
+def test_success_rate_has_two_decimals(client, clean_database):
+    now = datetime.now(timezone.utc)
+    insert_events(clean_database, [("1", "c", "success", True, 1.0, None, now)] * 2 + [("2", None, "failed", False, 1.0, "x", now)])
+    assert client.get(METRICS).json["data"]["success_rate"] == 66.67
+
+
+def test_metrics_follow_real_deliveries(make_app, clean_database):
+    client = make_app().test_client()
+    client.post(WEBHOOK, json={"id": 1, "name": "One"})
+    client.post(WEBHOOK, json={"id": 1, "name": "One"})
+    client.post(WEBHOOK, data=b"broken", content_type="application/json")
+    make_app(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0").test_client().post(WEBHOOK, json={"id": 2, "name": "Two"})
+    data = client.get(METRICS).json["data"]
+    assert (data["total_syncs"], data["success_count"], data["failed_count"], data["rejected_count"]) == (3, 3, 0, 1)
+    assert data["avg_latency_ms"] > 0
+    assert [error["account_id"] for error in data["recent_errors"]] == ["2"]
+    assert "Redis unavailable" in data["recent_errors"][0]["error"]
+
+
+def test_metrics_are_shared_between_app_instances(make_app, clean_database):
+    make_app().test_client().post(WEBHOOK, json={"id": 1, "name": "One"})
+    assert make_app().test_client().get(METRICS).json["data"]["total_syncs"] == 1

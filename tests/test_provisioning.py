@@ -1,0 +1,151 @@
+"""Tenant provisioning: Redis namespace, index registry, status, the tenant_provisioned signal, Redis failures."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import psycopg
+import pytest
+
+from multibackend.services.tenant_naming import tenant_names
+from multibackend.services.tenant_provisioning import VECTORSTORE_REGISTRY_KEY, tenant_provisioned
+from tests.conftest import WEBHOOK, count_rows, free_port
+
+ACCOUNT = {"id": 42, "name": "Acme Corp", "event": "account_created", "users": []}
+
+
+def deliver(client, body=ACCOUNT):
+    return client.post(WEBHOOK, json=body)
+
+
+def status_of(database_url, account_id="42"):
+    with psycopg.connect(database_url) as connection:
+        return connection.execute(
+            "SELECT provisioning_status, provisioning_error FROM companies WHERE chatwoot_account_id = %s", (account_id,)
+        ).fetchone()
+
+
+def test_tenant_names_have_one_rule():
+    names = tenant_names(42)
+    assert (names.company_id, names.redis_prefix, names.vectorstore_index) == (
+        "chatwoot_42", "chatwoot_42:", "chatwoot_42_documents",
+    )
+    assert names.redis_tenant_key == "chatwoot_42:tenant"
+    assert not tenant_names(12).redis_tenant_key.startswith(tenant_names(1).redis_prefix)
+
+
+def test_namespace_and_index_registry_are_written(client, clean_database, redis_client):
+    deliver(client)
+    tenant = redis_client.hgetall("chatwoot_42:tenant")
+    assert tenant["company_id"] == "chatwoot_42"
+    assert tenant["chatwoot_account_id"] == "42"
+    assert tenant["vectorstore_index"] == "chatwoot_42_documents"
+    assert tenant["created_at"].endswith("Z")
+    assert redis_client.smembers(VECTORSTORE_REGISTRY_KEY) == {"chatwoot_42_documents"}
+    assert status_of(clean_database) == ("ready", None)
+
+
+def test_signal_is_sent_once_when_ready(client, clean_database):
+    received = []
+
+    def receiver(sender, company):
+        received.append(company)
+
+    with tenant_provisioned.connected_to(receiver):
+        deliver(client)
+        deliver(client)
+    assert [company.company_id for company in received] == ["chatwoot_42"]
+    assert received[0].vectorstore_index == "chatwoot_42_documents"
+    assert received[0].provisioning_status == "ready"
+
+
+def test_failing_receiver_leaves_the_company_pending_for_a_retry(client, clean_database):
+    def broken_receiver(sender, company):
+        raise RuntimeError("vector store is down")
+
+    with tenant_provisioned.connected_to(broken_receiver):
+        response = deliver(client)
+    assert response.status_code == 200
+    assert response.json["data"]["provisioning_status"] == "pending"
+    assert status_of(clean_database)[0] == "pending"
+    assert "RuntimeError" in status_of(clean_database)[1]
+    retried = deliver(client).json["data"]
+    assert (retried["created"], retried["provisioning_status"]) == (False, "ready")
+    assert status_of(clean_database) == ("ready", None)
+
+
+def test_redis_down_keeps_the_company_pending(make_app, clean_database, redis_client):
+    down = make_app(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0").test_client()
+    response = deliver(down)
+    assert response.status_code == 200
+    data = response.json["data"]
+    assert (data["created"], data["provisioning_status"], data["redis"]) == (True, "pending", "failed")
+    assert "pending" in data["message"]
+    status, error = status_of(clean_database)
+    assert status == "pending" and "Redis unavailable" in error
+    assert count_rows(clean_database, "companies") == 1
+
+    up = make_app().test_client()
+    retried = deliver(up).json["data"]
+    assert (retried["created"], retried["provisioning_status"], retried["redis"]) == (False, "ready", "ready")
+    assert redis_client.hget("chatwoot_42:tenant", "company_id") == "chatwoot_42"
+
+
+def test_hung_redis_cannot_hold_the_answer(make_app, clean_database):
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # accepts connections, never answers
+    try:
+        client = make_app(REDIS_URL=f"redis://127.0.0.1:{silent.getsockname()[1]}/0").test_client()
+        started = time.perf_counter()
+        response = deliver(client)
+        elapsed = time.perf_counter() - started
+    finally:
+        silent.close()
+    assert response.status_code == 200
+    assert response.json["data"]["provisioning_status"] == "pending"
+    assert elapsed < 3.0
+
+
+def test_without_redis_url_the_step_is_reported_skipped(make_app, clean_database, redis_client, caplog):
+    caplog.set_level("INFO", logger="multibackend")
+    data = deliver(make_app(REDIS_URL="").test_client()).json["data"]
+    assert (data["redis"], data["provisioning_status"]) == ("skipped", "ready")
+    assert "Redis step skipped" in data["message"]
+    assert any("Redis step skipped for chatwoot_42" in r.getMessage() for r in caplog.records)
+    assert redis_client.dbsize() == 0
+
+
+def test_concurrent_duplicates_in_threads_make_one_company(app, clean_database):
+    barrier = threading.Barrier(16)
+
+    def deliver_together(_):
+        with app.test_client() as client:
+            barrier.wait()
+            return deliver(client).json["data"]
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(deliver_together, range(16)))
+    assert sum(result["created"] for result in results) == 1
+    assert {result["company_id"] for result in results} == {"chatwoot_42"}
+    assert count_rows(clean_database, "companies") == 1
+    assert count_rows(clean_database, "chatwoot_sync_events") == 16
+
+
+def test_database_down_answers_503_json(make_app, clean_database):
+    client = make_app(DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere").test_client()
+    response = deliver(client)
+    assert response.status_code == 503
+    assert response.json["code"] == "service_unavailable"
+    assert response.headers["Retry-After"].isdigit()
+    lookup = client.get("/api/chatwoot/webhooks/company/42")
+    assert lookup.status_code == 503 and lookup.json["code"] == "service_unavailable"
+
+
+@pytest.mark.parametrize("account_id", [1, 2**63 - 1])
+def test_extreme_account_ids(client, clean_database, account_id):
+    data = deliver(client, {"id": account_id, "name": "Edge"}).json["data"]
+    assert data["company_id"] == f"chatwoot_{account_id}"
