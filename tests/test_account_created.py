@@ -246,3 +246,12 @@ def test_rejected_deliveries_are_counted_not_synced(client, clean_database):
         counts = dict(connection.execute("SELECT code, count FROM chatwoot_webhook_rejections").fetchall())
     assert counts == {"invalid_json": 1, "invalid_payload": 1}
     assert count_rows(clean_database, "chatwoot_sync_events") == 0
+
+
+def test_fixture_payloads_are_the_shared_chatwoot_samples():
+    from tests.conftest import FIXTURES, SHARED_PAYLOADS
+
+    if not SHARED_PAYLOADS.is_dir():
+        pytest.skip("../shared/chatwoot/payloads is not beside this checkout")
+    for sample in SHARED_PAYLOADS.iterdir():
+        assert (FIXTURES / sample.name).read_bytes() == sample.read_bytes(), sample.name
