@@ -15,3 +15,5 @@ errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 logger_class = "multibackend.logging_setup.MaskingGunicornLogger"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms "%(a)s"'
+# gunicorn's control socket lives at one fixed path per user; several servers on a host would fight over it.
+control_socket_disable = True

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import re
 from typing import Any
+from urllib.parse import unquote_plus
 
 from gunicorn.glogging import Logger as GunicornLogger
 
-SECRET_QUERY_PATTERN = re.compile(r"(?i)((?:^|[?&;])(?:token|sig|secret|password)=)[^&;\s\"]*")
+QUERY_PARAMETER_PATTERN = re.compile(r"(^|[?&;])([^=&;\s\"]*)=([^&;\s\"]*)")
+SECRET_PARAMETERS = frozenset({"token", "sig", "secret", "password", "api_access_token"})
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
@@ -19,8 +21,14 @@ def printable(text: Any, limit: int = 200) -> str:
 
 
 def mask_secrets(text: str) -> str:
-    """The same URL or query string with the values of token-like parameters replaced by ***."""
-    return SECRET_QUERY_PATTERN.sub(r"\1***", text)
+    """The same URL or query string with the values of token-like parameters (however encoded) replaced by ***."""
+
+    def mask(match: re.Match[str]) -> str:
+        separator, name, value = match.groups()
+        secret = unquote_plus(name).strip().lower() in SECRET_PARAMETERS
+        return f"{separator}{name}={'***' if secret else value}"
+
+    return QUERY_PARAMETER_PATTERN.sub(mask, text)
 
 
 def configure_logging(level: str) -> None:

@@ -144,3 +144,20 @@ def test_procfile_runs_init_db_on_release_and_gunicorn_on_web():
     lines = dict(line.split(":", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line.strip())
     assert lines["release"].strip() == "flask --app wsgi chatwoot init-db"
     assert lines["web"].strip().startswith("gunicorn wsgi:app")
+
+
+@pytest.mark.parametrize(
+    ("line", "masked"),
+    [
+        ("POST /api/chatwoot/webhooks/account-created?token=abc HTTP/1.1", "POST /api/chatwoot/webhooks/account-created?token=*** HTTP/1.1"),
+        ("GET /x?a=1&token=abc&b=2 HTTP/1.1", "GET /x?a=1&token=***&b=2 HTTP/1.1"),
+        ("GET /x?%74oken=abc HTTP/1.1", "GET /x?%74oken=*** HTTP/1.1"),
+        ("GET /x?TOKEN=abc;sig=def HTTP/1.1", "GET /x?TOKEN=***;sig=*** HTTP/1.1"),
+        ("token=abc", "token=***"),
+        ("GET /x?tokens=abc HTTP/1.1", "GET /x?tokens=abc HTTP/1.1"),
+    ],
+)
+def test_access_log_masking(line, masked):
+    from multibackend.logging_setup import mask_secrets
+
+    assert mask_secrets(line) == masked
