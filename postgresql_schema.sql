@@ -1,6 +1,6 @@
 -- multibackend: Chatwoot auto-sync schema (PostgreSQL).
--- Safe to apply any number of times:  psql "$DATABASE_URL" < postgresql_schema.sql
--- or:  flask --app wsgi chatwoot init-db
+-- Safe to apply any number of times, also on an older database:
+--   psql "$DATABASE_URL" < postgresql_schema.sql      or      flask --app wsgi chatwoot init-db
 -- tests/test_schema.py proves this file and multibackend/models describe the same tables.
 
 BEGIN;
@@ -8,22 +8,75 @@ BEGIN;
 SELECT pg_advisory_xact_lock(4242001);
 
 CREATE TABLE IF NOT EXISTS companies (
-    id                   BIGSERIAL PRIMARY KEY,
-    company_id           VARCHAR(64)  NOT NULL,
-    company_name         VARCHAR(255) NOT NULL,
-    chatwoot_account_id  VARCHAR(50),
-    redis_prefix         VARCHAR(80)  NOT NULL,
-    vectorstore_index    VARCHAR(100) NOT NULL,
-    provisioning_status  VARCHAR(16)  NOT NULL DEFAULT 'pending',
-    provisioning_error   TEXT,
-    created_at           TIMESTAMPTZ  NOT NULL DEFAULT now(),
-    updated_at           TIMESTAMPTZ  NOT NULL DEFAULT now(),
+    id                    BIGSERIAL PRIMARY KEY,
+    company_id            VARCHAR(64)  NOT NULL,
+    company_name          VARCHAR(255) NOT NULL,
+    chatwoot_account_id   VARCHAR(50),
+    redis_prefix          VARCHAR(80)  NOT NULL,
+    vectorstore_index     VARCHAR(100) NOT NULL,
+    provisioning_status   VARCHAR(16)  NOT NULL DEFAULT 'pending',
+    provisioning_error    TEXT,
+    provisioning_attempts INTEGER      NOT NULL DEFAULT 0,
+    next_provisioning_at  TIMESTAMPTZ,
+    chatwoot_status       VARCHAR(20)  NOT NULL DEFAULT 'active',
+    created_at            TIMESTAMPTZ  NOT NULL DEFAULT now(),
+    updated_at            TIMESTAMPTZ  NOT NULL DEFAULT now(),
     CONSTRAINT companies_company_id_key UNIQUE (company_id),
     -- one company per Chatwoot account: the webhook's INSERT ... ON CONFLICT relies on it
     CONSTRAINT companies_chatwoot_account_id_key UNIQUE (chatwoot_account_id),
     CONSTRAINT companies_provisioning_status_check
-        CHECK (provisioning_status IN ('pending', 'ready', 'failed'))
+        CHECK (provisioning_status IN ('pending', 'ready', 'failed')),
+    CONSTRAINT companies_chatwoot_status_check
+        CHECK (chatwoot_status IN ('active', 'suspended', 'deletion_pending', 'deleted'))
 );
+
+-- An older `companies` table (from the first setup guide) gets the missing columns, filled from the account id.
+ALTER TABLE companies ADD COLUMN IF NOT EXISTS redis_prefix VARCHAR(80);
+ALTER TABLE companies ADD COLUMN IF NOT EXISTS vectorstore_index VARCHAR(100);
+ALTER TABLE companies ADD COLUMN IF NOT EXISTS provisioning_status VARCHAR(16) NOT NULL DEFAULT 'pending';
+ALTER TABLE companies ADD COLUMN IF NOT EXISTS provisioning_error TEXT;
+ALTER TABLE companies ADD COLUMN IF NOT EXISTS provisioning_attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE companies ADD COLUMN IF NOT EXISTS next_provisioning_at TIMESTAMPTZ;
+ALTER TABLE companies ADD COLUMN IF NOT EXISTS chatwoot_status VARCHAR(20) NOT NULL DEFAULT 'active';
+ALTER TABLE companies ADD COLUMN IF NOT EXISTS created_at TIMESTAMPTZ NOT NULL DEFAULT now();
+ALTER TABLE companies ADD COLUMN IF NOT EXISTS updated_at TIMESTAMPTZ NOT NULL DEFAULT now();
+UPDATE companies SET redis_prefix = company_id || ':' WHERE redis_prefix IS NULL;
+UPDATE companies SET vectorstore_index = company_id || '_documents' WHERE vectorstore_index IS NULL;
+ALTER TABLE companies ALTER COLUMN redis_prefix SET NOT NULL;
+ALTER TABLE companies ALTER COLUMN vectorstore_index SET NOT NULL;
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'companies'::regclass
+                   AND conname = 'companies_chatwoot_account_id_key') THEN
+        IF EXISTS (SELECT 1 FROM companies WHERE chatwoot_account_id IS NOT NULL
+                   GROUP BY chatwoot_account_id HAVING count(*) > 1) THEN
+            RAISE WARNING 'companies holds duplicate chatwoot_account_id rows: run `flask --app wsgi chatwoot dedupe --dry-run`, then without --dry-run';
+        ELSE
+            ALTER TABLE companies ADD CONSTRAINT companies_chatwoot_account_id_key UNIQUE (chatwoot_account_id);
+        END IF;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'companies'::regclass
+                   AND conname = 'companies_company_id_key')
+       AND NOT EXISTS (SELECT 1 FROM companies GROUP BY company_id HAVING count(*) > 1) THEN
+        ALTER TABLE companies ADD CONSTRAINT companies_company_id_key UNIQUE (company_id);
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'companies'::regclass
+                   AND conname = 'companies_provisioning_status_check') THEN
+        ALTER TABLE companies ADD CONSTRAINT companies_provisioning_status_check
+            CHECK (provisioning_status IN ('pending', 'ready', 'failed'));
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'companies'::regclass
+                   AND conname = 'companies_chatwoot_status_check') THEN
+        ALTER TABLE companies ADD CONSTRAINT companies_chatwoot_status_check
+            CHECK (chatwoot_status IN ('active', 'suspended', 'deletion_pending', 'deleted'));
+    END IF;
+END
+$$;
+
+-- what the reconciler scans for: companies whose provisioning is not finished
+CREATE INDEX IF NOT EXISTS ix_companies_unfinished_provisioning ON companies (next_provisioning_at)
+    WHERE provisioning_status <> 'ready';
 
 CREATE TABLE IF NOT EXISTS chatwoot_sync_events (
     id                   BIGSERIAL PRIMARY KEY,

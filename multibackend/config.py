@@ -13,10 +13,19 @@ DEFAULTS: dict[str, Any] = {
     "CHATWOOT_WEBHOOK_MAX_BODY_BYTES": 1024 * 1024,
     "CHATWOOT_SIGNATURE_TOLERANCE_SECONDS": 300,
     "DATABASE_CONNECT_TIMEOUT_SECONDS": 2,
-    "DATABASE_STATEMENT_TIMEOUT_MS": 3000,
+    "DATABASE_STATEMENT_TIMEOUT_MS": 2000,
     "DATABASE_POOL_SIZE": 5,
     "REDIS_TIMEOUT_SECONDS": 0.5,
     "LOG_LEVEL": "INFO",
+    "CHATWOOT_DATABASE_URL": "",
+    "CHATWOOT_API_URL": "",
+    "CHATWOOT_PLATFORM_TOKEN": "",
+    "PUBLIC_URL": "",
+    "RECONCILE_MAX_ATTEMPTS": 5,
+    "RECONCILE_BACKOFF_SECONDS": 30,
+    "RECONCILE_BATCH_SIZE": 1000,
+    "SELF_HEAL_TIMEOUT_SECONDS": 1.0,
+    "SELF_HEAL_NEGATIVE_TTL_SECONDS": 30,
 }
 
 INTEGER_SETTINGS = (
@@ -25,8 +34,12 @@ INTEGER_SETTINGS = (
     "DATABASE_CONNECT_TIMEOUT_SECONDS",
     "DATABASE_STATEMENT_TIMEOUT_MS",
     "DATABASE_POOL_SIZE",
+    "RECONCILE_MAX_ATTEMPTS",
+    "RECONCILE_BATCH_SIZE",
+    "SELF_HEAL_NEGATIVE_TTL_SECONDS",
 )
-FLOAT_SETTINGS = ("REDIS_TIMEOUT_SECONDS",)
+FLOAT_SETTINGS = ("REDIS_TIMEOUT_SECONDS", "SELF_HEAL_TIMEOUT_SECONDS")
+NON_NEGATIVE_FLOAT_SETTINGS = ("RECONCILE_BACKOFF_SECONDS",)
 
 
 class ConfigError(RuntimeError):
@@ -42,6 +55,8 @@ def read_settings(environ: Mapping[str, str], overrides: Mapping[str, Any] | Non
         raw[key] = _positive_number(key, raw[key], int)
     for key in FLOAT_SETTINGS:
         raw[key] = _positive_number(key, raw[key], float)
+    for key in NON_NEGATIVE_FLOAT_SETTINGS:
+        raw[key] = _positive_number(key, raw[key], float, allow_zero=True)
     raw["CHATWOOT_WEBHOOK_SECRETS"] = parse_secrets(raw["CHATWOOT_WEBHOOK_SECRET"])
     raw["LOG_LEVEL"] = str(raw["LOG_LEVEL"]).upper()
     return raw
@@ -84,12 +99,12 @@ def engine_options(uri: str, settings: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _positive_number(key: str, value: Any, kind: type) -> Any:
+def _positive_number(key: str, value: Any, kind: type, allow_zero: bool = False) -> Any:
     try:
         number = kind(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{key} must be a number, got {value!r}") from None
-    if number <= 0:
+    if number < 0 or (number == 0 and not allow_zero):
         raise ConfigError(f"{key} must be greater than zero, got {value!r}")
     return number
 

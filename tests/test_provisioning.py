@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import pytest
 
+from multibackend.services.delivery_spool import SPOOL_KEY
 from multibackend.services.tenant_naming import tenant_names
 from multibackend.services.tenant_provisioning import VECTORSTORE_REGISTRY_KEY, tenant_provisioned
 from tests.conftest import WEBHOOK, count_rows, free_port
@@ -135,11 +136,22 @@ def test_concurrent_duplicates_in_threads_make_one_company(app, clean_database):
     assert count_rows(clean_database, "chatwoot_sync_events") == 16
 
 
-def test_database_down_answers_503_json(make_app, clean_database):
+def test_database_down_spools_the_delivery_and_answers_202(make_app, clean_database, redis_client):
     client = make_app(DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere").test_client()
     response = deliver(client)
+    assert response.status_code == 202
+    data = response.json["data"]
+    assert (data["queued"], data["company_id"], data["provisioning_status"]) == (True, "chatwoot_42", "queued")
+    assert redis_client.llen(SPOOL_KEY) == 1
+
+
+def test_database_and_redis_down_answer_503_json(make_app, clean_database):
+    client = make_app(
+        DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere", REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"
+    ).test_client()
+    response = deliver(client)
     assert response.status_code == 503
-    assert response.json["code"] == "service_unavailable"
+    assert response.json == {"success": False, "error": "The database is unavailable, try again later", "code": "service_unavailable"}
     assert response.headers["Retry-After"].isdigit()
     lookup = client.get("/api/chatwoot/webhooks/company/42")
     assert lookup.status_code == 503 and lookup.json["code"] == "service_unavailable"

@@ -13,7 +13,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from multibackend.errors import ApiError, register_blueprint_errors
 from multibackend.logging_setup import printable
 from multibackend.schemas import ACCOUNT_CREATED_EVENT, BIGINT_MAX, account_created_schema, event_of
-from multibackend.services import sync_metrics, tenant_provisioning, webhook_auth
+from multibackend.services import deliveries, sync_metrics, tenant_provisioning, webhook_auth
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def ok(data: dict[str, Any]) -> Response:
 
 @bp.post("/account-created")
 @require_chatwoot_auth
-def account_created() -> Response:
+def account_created() -> tuple[Response, int] | Response:
     """Create (once) the company for a new Chatwoot account and provision its services."""
     payload = parse_json_body()
     event = event_of(payload)
@@ -93,8 +93,8 @@ def account_created() -> Response:
         return ok({"ignored": True, "event": event, "message": "Only account_created is processed here"})
     account = account_created_schema.load(payload)
     logger.info("[Chatwoot Webhook] Account created: %s - %s", account["id"], printable(account["name"], 255))
-    result = tenant_provisioning.provision_account(account["id"], account["name"])
-    return ok(result.as_response())
+    data, status = deliveries.accept_delivery(account["id"], account["name"])
+    return ok(data), status
 
 
 @bp.get("/company/<account_id>")

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from typing import Any
 
 import redis
 from blinker import Namespace
 from flask import current_app
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from multibackend.extensions import conflict_aware_insert, db, get_redis
 from multibackend.models import Company
@@ -26,6 +29,7 @@ signals = Namespace()
 tenant_provisioned = signals.signal("tenant-provisioned")
 
 VECTORSTORE_REGISTRY_KEY = "multibackend:vectorstore:indexes"
+MAX_BACKOFF_SECONDS = 3600
 
 
 @dataclass(frozen=True)
@@ -81,28 +85,52 @@ class ProvisioningResult:
         }
 
 
-def provision_account(account_id: int, company_name: str) -> ProvisioningResult:
-    """Create the company if absent and bring its tenant services up; safe to re-run, one commit."""
+def provision_account(account_id: int, company_name: str, *, record_sync: bool = True) -> ProvisioningResult:
+    """Create the company if absent and bring its tenant services up; safe to re-run, one commit.
+
+    Raises SQLAlchemyError, with nothing written, when the database cannot take the write."""
     started = time.perf_counter()
     names = tenant_names(account_id)
     logger.info("[Chatwoot Sync] Creating company: %s", names.company_id)
     try:
         company, created = _insert_company_if_absent(account_id, company_name)
-        redis_step = _provision_services(company) if company.provisioning_status != "ready" else "unchanged"
-        sync_metrics.add_sync_event(
-            account_id, company.company_id, "success", created, _elapsed_ms(started), company.provisioning_error
-        )
+        redis_step = provision_services([company]) if company.provisioning_status != "ready" else "unchanged"
+        if record_sync:
+            sync_metrics.add_sync_event(
+                account_id, company.company_id, "success", created, _elapsed_ms(started), company.provisioning_error
+            )
         db.session.commit()
-    except Exception as exc:
-        reason = f"database error ({type(exc).__name__})"
-        logger.error("[Chatwoot Sync] Error: %s while creating %s", reason, names.company_id)
-        sync_metrics.record_failed_sync(account_id, _elapsed_ms(started), reason)
+    except SQLAlchemyError as exc:
+        db.session.rollback()
+        logger.error("[Chatwoot Sync] Error: database error (%s) while creating %s", type(exc).__name__, names.company_id)
         raise
     _log_outcome(company, created)
-    snapshot = CompanySnapshot.of(company)
-    if redis_step != "unchanged" and snapshot.provisioning_status == "ready":
-        snapshot = _announce(company, snapshot)
-    return ProvisioningResult(snapshot, created, redis_step)
+    if redis_step != "unchanged":
+        announce_ready([company])
+    return ProvisioningResult(CompanySnapshot.of(company), created, redis_step)
+
+
+def create_companies(accounts: Sequence[tuple[int, str, str]]) -> list[Company]:
+    """Create the missing companies of (account id, name, chatwoot status) in one statement and provision them
+    together; one commit. Returns the companies this call created (none for accounts that already had one)."""
+    if not accounts:
+        return []
+    now = utcnow()
+    rows = [_company_row(account_id, name, now) | {"chatwoot_status": status} for account_id, name, status in accounts]
+    statement = (
+        conflict_aware_insert(Company.__table__)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=["chatwoot_account_id"])
+        .returning(Company.id)
+    )
+    inserted = db.session.execute(statement).scalars().all()
+    companies = list(db.session.scalars(select(Company).where(Company.id.in_(inserted)).order_by(Company.id)))
+    provision_services(companies)
+    db.session.commit()
+    for company in companies:
+        logger.info("[Chatwoot Sync] Company created successfully: %s", company.company_id)
+    announce_ready(companies)
+    return companies
 
 
 def find_company(account_id: int) -> CompanySnapshot | None:
@@ -111,22 +139,25 @@ def find_company(account_id: int) -> CompanySnapshot | None:
     return CompanySnapshot.of(company) if company is not None else None
 
 
+def _company_row(account_id: int, company_name: str, now: Any) -> dict[str, Any]:
+    names = tenant_names(account_id)
+    return {
+        "company_id": names.company_id,
+        "company_name": company_name,
+        "chatwoot_account_id": str(account_id),
+        "redis_prefix": names.redis_prefix,
+        "vectorstore_index": names.vectorstore_index,
+        "provisioning_status": "pending",
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
 def _insert_company_if_absent(account_id: int, company_name: str) -> tuple[Company, bool]:
     """INSERT ... ON CONFLICT DO NOTHING RETURNING: exactly one row per account, whatever runs concurrently."""
-    names = tenant_names(account_id)
-    now = utcnow()
     statement = (
         conflict_aware_insert(Company.__table__)
-        .values(
-            company_id=names.company_id,
-            company_name=company_name,
-            chatwoot_account_id=str(account_id),
-            redis_prefix=names.redis_prefix,
-            vectorstore_index=names.vectorstore_index,
-            provisioning_status="pending",
-            created_at=now,
-            updated_at=now,
-        )
+        .values(_company_row(account_id, company_name, utcnow()))
         .on_conflict_do_nothing(index_elements=["chatwoot_account_id"])
         .returning(Company.id)
     )
@@ -135,32 +166,41 @@ def _insert_company_if_absent(account_id: int, company_name: str) -> tuple[Compa
         return db.session.get_one(Company, inserted_id), True
     existing = db.session.scalar(select(Company).where(Company.chatwoot_account_id == str(account_id)))
     if existing is None:  # the row that conflicted is a different account's company_id: never expected
-        raise LookupError(f"company {names.company_id} conflicts with another account")
+        raise LookupError(f"company {tenant_names(account_id).company_id} conflicts with another account")
     return existing, False
 
 
-def _provision_services(company: Company) -> str:
-    """Write the tenant's Redis namespace and register its index name; record the status on the company."""
+def provision_services(companies: Sequence[Company]) -> str:
+    """Write the tenants' Redis namespaces (one pipeline) and record each company's status; the caller commits.
+
+    Returns "ready", "skipped" (no REDIS_URL) or "failed" (Redis unreachable: attempts and backoff recorded)."""
+    if not companies:
+        return "ready"
     client = get_redis()
     if client is None:
-        logger.info("[Chatwoot Sync] Redis step skipped for %s: REDIS_URL is not set", company.company_id)
-        _set_status(company, "ready", None)
+        for company in companies:
+            logger.info("[Chatwoot Sync] Redis step skipped for %s: REDIS_URL is not set", company.company_id)
+            _mark_ready(company)
         return "skipped"
     try:
-        write_tenant_namespace(client, company)
+        pipeline = client.pipeline(transaction=False)
+        for company in companies:
+            write_tenant_namespace(pipeline, company)
+        pipeline.execute()
     except redis.RedisError as exc:
         reason = f"Redis unavailable ({type(exc).__name__}); the company is kept and provisioning will be retried"
-        logger.error("[Chatwoot Sync] Error: %s for %s", reason, company.company_id)
-        _set_status(company, "pending", reason)
+        for company in companies:
+            logger.error("[Chatwoot Sync] Error: %s for %s", reason, company.company_id)
+            record_failed_attempt(company, reason)
         return "failed"
-    _set_status(company, "ready", None)
+    for company in companies:
+        _mark_ready(company)
     return "ready"
 
 
-def write_tenant_namespace(client: redis.Redis, company: Company) -> None:
-    """Create or refresh `<prefix>tenant` and the vector-store index registry; idempotent."""
+def write_tenant_namespace(pipeline: Any, company: Company) -> None:
+    """Queue on a Redis pipeline: create or refresh `<prefix>tenant` and register the index name; idempotent."""
     names = tenant_names(company.chatwoot_account_id or "")
-    pipeline = client.pipeline(transaction=True)
     pipeline.hset(
         names.redis_tenant_key,
         mapping={
@@ -168,24 +208,51 @@ def write_tenant_namespace(client: redis.Redis, company: Company) -> None:
             "company_name": company.company_name,
             "chatwoot_account_id": company.chatwoot_account_id or "",
             "vectorstore_index": company.vectorstore_index,
+            "chatwoot_status": company.chatwoot_status or "active",
             "created_at": iso_utc(company.created_at) or "",
         },
     )
     pipeline.sadd(VECTORSTORE_REGISTRY_KEY, company.vectorstore_index)
-    pipeline.execute()
 
 
-def _announce(company: Company, snapshot: CompanySnapshot) -> CompanySnapshot:
-    """Send tenant_provisioned; a failing receiver leaves the company pending, with the reason, for a retry."""
-    try:
-        tenant_provisioned.send(current_app._get_current_object(), company=snapshot)
-        return snapshot
-    except Exception as exc:
-        reason = f"tenant_provisioned receiver failed ({type(exc).__name__})"
-        logger.error("[Chatwoot Sync] Error: %s for %s", reason, company.company_id)
-        _set_status(company, "pending", reason)
+def announce_ready(companies: Sequence[Company]) -> list[Company]:
+    """Send tenant_provisioned for each ready company; a failing receiver leaves that company pending, with the
+    reason, for a retry. Returns the companies that stayed ready."""
+    announced, broken = [], []
+    for company in companies:
+        if company.provisioning_status != "ready":
+            continue
+        try:
+            tenant_provisioned.send(current_app._get_current_object(), company=CompanySnapshot.of(company))
+            announced.append(company)
+        except Exception as exc:
+            reason = f"tenant_provisioned receiver failed ({type(exc).__name__})"
+            logger.error("[Chatwoot Sync] Error: %s for %s", reason, company.company_id)
+            record_failed_attempt(company, reason)
+            broken.append(company)
+    if broken:
         db.session.commit()
-        return CompanySnapshot.of(company)
+    return announced
+
+
+def record_failed_attempt(company: Company, reason: str) -> None:
+    """Count a failed provisioning attempt: pending with a backoff, or failed for good after the last attempt."""
+    config = current_app.config
+    attempts = (company.provisioning_attempts or 0) + 1
+    company.provisioning_attempts = attempts
+    if attempts >= config["RECONCILE_MAX_ATTEMPTS"]:
+        _set_status(company, "failed", f"gave up after {attempts} attempts: {reason}")
+        company.next_provisioning_at = None
+        return
+    _set_status(company, "pending", reason)
+    backoff = min(config["RECONCILE_BACKOFF_SECONDS"] * 2 ** (attempts - 1), MAX_BACKOFF_SECONDS)
+    company.next_provisioning_at = utcnow() + timedelta(seconds=backoff)
+
+
+def _mark_ready(company: Company) -> None:
+    _set_status(company, "ready", None)
+    company.provisioning_attempts = 0
+    company.next_provisioning_at = None
 
 
 def _set_status(company: Company, status: str, error: str | None) -> None:

@@ -1,0 +1,82 @@
+"""The spool: deliveries that PostgreSQL could not take, kept in a Redis list until the reconciler replays them."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from multibackend.clock import iso_utc, utcnow
+from multibackend.extensions import get_redis
+
+logger = logging.getLogger(__name__)
+
+SPOOL_KEY = "multibackend:spool:account_created"
+IN_FLIGHT_KEY = f"{SPOOL_KEY}:in_flight"
+DEAD_LETTER_KEY = f"{SPOOL_KEY}:dead"
+
+
+@dataclass(frozen=True)
+class SpooledDelivery:
+    account_id: int
+    company_name: str
+    received_at: str
+
+    def encode(self) -> str:
+        return json.dumps({"id": self.account_id, "name": self.company_name, "received_at": self.received_at})
+
+    @classmethod
+    def decode(cls, raw: str) -> SpooledDelivery:
+        data = json.loads(raw)
+        if not isinstance(data.get("id"), int) or not isinstance(data.get("name"), str):
+            raise ValueError("not a spooled delivery")
+        return cls(data["id"], data["name"], str(data.get("received_at", "")))
+
+
+def spool_delivery(account_id: int, company_name: str) -> bool:
+    """Keep a validated delivery for a later replay; False when Redis cannot take it either."""
+    client = get_redis()
+    if client is None:
+        return False
+    delivery = SpooledDelivery(account_id, company_name, iso_utc(utcnow()) or "")
+    try:
+        client.lpush(SPOOL_KEY, delivery.encode())
+    except redis.RedisError as exc:
+        logger.error("[Chatwoot Sync] Error: cannot spool account %s either (%s)", account_id, type(exc).__name__)
+        return False
+    logger.warning("[Chatwoot Sync] Database unavailable: account %s spooled for replay", account_id)
+    return True
+
+
+def spool_length(client: redis.Redis) -> int:
+    """Deliveries waiting for a replay (including any a crashed replay left in flight)."""
+    return int(client.llen(SPOOL_KEY)) + int(client.llen(IN_FLIGHT_KEY))
+
+
+def replay_spool(client: redis.Redis, handle: Callable[[SpooledDelivery], Any]) -> tuple[int, int]:
+    """Replay every spooled delivery through handle, oldest first; returns (replayed, failed).
+
+    A delivery leaves the spool only once handled; when handle raises, it goes back and the replay stops, so a
+    database that is still down leaves everything queued. Runs under the reconciler's lock (one replayer)."""
+    while client.lmove(IN_FLIGHT_KEY, SPOOL_KEY, "RIGHT", "RIGHT") is not None:
+        pass  # a replay that crashed left these in flight: they are due again
+    replayed = 0
+    while (raw := client.lmove(SPOOL_KEY, IN_FLIGHT_KEY, "RIGHT", "LEFT")) is not None:
+        try:
+            delivery = SpooledDelivery.decode(raw)
+        except (ValueError, TypeError):
+            client.lpush(DEAD_LETTER_KEY, raw)
+            client.lrem(IN_FLIGHT_KEY, 1, raw)
+            continue
+        try:
+            handle(delivery)
+        except Exception:
+            client.lmove(IN_FLIGHT_KEY, SPOOL_KEY, "LEFT", "RIGHT")
+            return replayed, 1
+        client.lrem(IN_FLIGHT_KEY, 1, raw)
+        replayed += 1
+    return replayed, 0
