@@ -37,6 +37,7 @@ def init_app(app: Flask, url_prefix: str = CHATWOOT_WEBHOOKS_URL_PREFIX) -> None
     from multibackend.cli import chatwoot_cli
     from multibackend.routes.chatwoot_webhooks import bp as webhooks_bp
     from multibackend.routes.system import add_chatwoot_entries
+    from multibackend.services.chatwoot_source import init_chatwoot_source
 
     configured = {key: app.config[key] for key in DEFAULTS if key in app.config}
     app.config.update(read_settings(os.environ, configured))
@@ -48,6 +49,7 @@ def init_app(app: Flask, url_prefix: str = CHATWOOT_WEBHOOKS_URL_PREFIX) -> None
     if "sqlalchemy" not in app.extensions:
         db.init_app(app)
     init_redis(app)
+    init_chatwoot_source(app)
     if uri.startswith("sqlite:"):
         _create_embedded_tables(app)
     app.register_blueprint(webhooks_bp, url_prefix=url_prefix)

@@ -1,15 +1,24 @@
-"""`flask --app wsgi chatwoot ...` commands."""
+"""`flask --app wsgi chatwoot ...` commands: init-db, reconcile, doctor, dedupe."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import click
 from flask.cli import with_appcontext
+from sqlalchemy import event
 
 from multibackend.extensions import db
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "postgresql_schema.sql"
+CLI_STATEMENT_TIMEOUT_MS = 120_000
+PROGRESS_THRESHOLD = 2000
 
 
 @click.group("chatwoot")
@@ -34,3 +43,115 @@ def apply_schema() -> str:
         return f"Schema applied from {SCHEMA_FILE.name} to PostgreSQL"
     db.create_all()
     return f"Tables created in {engine.url.render_as_string(hide_password=True)}"
+
+
+def allow_long_statements() -> None:
+    """Maintenance commands may run longer than a web request's statement timeout."""
+    if db.engine.dialect.name == "postgresql":
+        event.listen(
+            db.engine,
+            "connect",
+            lambda connection, record: _set_statement_timeout(connection, CLI_STATEMENT_TIMEOUT_MS),
+        )
+        db.engine.dispose()
+
+
+def _set_statement_timeout(connection, milliseconds: int) -> None:  # type: ignore[no-untyped-def]
+    connection.execute(f"SET statement_timeout = {int(milliseconds)}")
+    connection.commit()
+
+
+@contextlib.contextmanager
+def progress_bar(label: str, total: int | None) -> Iterator:
+    """A progress bar on long runs (more than a few thousand items); silent otherwise."""
+    if total is None or total < PROGRESS_THRESHOLD:
+        yield lambda amount: None
+        return
+    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+        yield bar.update
+
+
+@chatwoot_cli.command("reconcile")
+@click.option("--dry-run", is_flag=True, help="Report what would change; write nothing.")
+@click.option("--watch", is_flag=True, help="Keep running: reconcile every --interval seconds (the Procfile worker).")
+@click.option("--interval", default=300.0, show_default=True, type=click.FloatRange(min=1), help="Seconds between runs with --watch.")
+@click.option("--retry-failed", is_flag=True, help="Give companies that gave up a fresh set of attempts first.")
+@with_appcontext
+def reconcile_command(dry_run: bool, watch: bool, interval: float, retry_failed: bool) -> None:
+    """Replay the spool, backfill/rename/mark from Chatwoot, finish provisioning, rebuild Redis namespaces."""
+    from multibackend.services import reconciler
+
+    allow_long_statements()
+    if retry_failed and not dry_run:
+        click.echo(f"[Chatwoot Sync] {reconciler.retry_failed()} companies get a fresh set of attempts")
+    stopping = _stop_on_signals() if watch else []
+    while True:
+        summary = reconciler.reconcile(dry_run=dry_run, progress=progress_bar)
+        _print_summary(summary)
+        if not watch:
+            sys.exit(0 if summary.ok else 1)
+        deadline = time.monotonic() + interval
+        while time.monotonic() < deadline and not stopping:
+            time.sleep(min(1.0, interval))
+        if stopping:
+            return
+
+
+def _print_summary(summary) -> None:  # type: ignore[no-untyped-def]
+    if summary.locked_out:
+        click.echo("[Chatwoot Sync] Another reconcile is running (advisory lock held); nothing done")
+        return
+    mark = "✓" if summary.ok else "✗"
+    click.echo(f"{mark} [Chatwoot Sync] Reconcile{' (dry run)' if summary.dry_run else ''}: {summary.as_line()}")
+    for problem in summary.problems:
+        click.echo(f"  ✗ {problem}")
+
+
+def _stop_on_signals() -> list[int]:
+    """Let SIGTERM/SIGINT end --watch between runs; the returned list fills when one arrives."""
+    received: list[int] = []
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, handle)
+    return received
+
+
+@chatwoot_cli.command("dedupe")
+@click.option("--dry-run", is_flag=True, help="Only list the rows that would be removed.")
+@with_appcontext
+def dedupe_command(dry_run: bool) -> None:
+    """Keep the newest company of each Chatwoot account, remove the others, then add the UNIQUE constraint."""
+    from multibackend.services import dedupe
+
+    if db.engine.dialect.name != "postgresql":
+        raise click.ClickException("dedupe works on PostgreSQL (the embedded SQLite database always had the constraint)")
+    allow_long_statements()
+    rows = dedupe.duplicate_rows() if dry_run else dedupe.remove_duplicates_and_constrain()
+    verb = "would remove" if dry_run else "removed"
+    for row in rows:
+        click.echo(f"  {verb} id={row.id} {row.company_id} (account {row.chatwoot_account_id}, created {row.created_at})")
+    click.echo(f"[Chatwoot Sync] Dedupe: {verb} {len(rows)} duplicate rows")
+    if dry_run:
+        state = "present" if dedupe.has_unique_constraint() else "missing: run without --dry-run to add it"
+        click.echo(f"[Chatwoot Sync] Unique constraint on chatwoot_account_id: {state}")
+    else:
+        click.echo(f"[Chatwoot Sync] {apply_schema()}; unique constraint on chatwoot_account_id: present")
+
+
+@chatwoot_cli.command("doctor")
+@with_appcontext
+def doctor_command() -> None:
+    """Check the whole setup, one ✓/✗ line each with the fix; exit code 0 only when everything passes."""
+    from multibackend.services import doctor
+
+    checks = doctor.run_checks()
+    for check in checks:
+        click.echo(f"{'✓' if check.ok else '✗'} {check.name}: {check.detail}")
+        if not check.ok and check.fix:
+            click.echo(f"    fix: {check.fix}")
+    failed = sum(not check.ok for check in checks)
+    click.echo(f"doctor: {len(checks) - failed} of {len(checks)} checks passed")
+    sys.exit(1 if failed else 0)

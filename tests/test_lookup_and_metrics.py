@@ -27,6 +27,7 @@ def test_lookup_of_an_existing_company(client, clean_database):
         "redis_prefix": "chatwoot_42:",
         "vectorstore_index": "chatwoot_42_documents",
         "provisioning_status": "ready",
+        "chatwoot_status": "active",
     }
     moment = datetime.fromisoformat(created_at.replace("Z", "+00:00"))
     assert created_at.endswith("Z") and abs(datetime.now(timezone.utc) - moment) < timedelta(minutes=1)

@@ -13,7 +13,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from multibackend.errors import ApiError, register_blueprint_errors
 from multibackend.logging_setup import printable
 from multibackend.schemas import ACCOUNT_CREATED_EVENT, BIGINT_MAX, account_created_schema, event_of
-from multibackend.services import deliveries, sync_metrics, tenant_provisioning, webhook_auth
+from multibackend.services import deliveries, self_heal, sync_metrics, webhook_auth
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def account_created() -> tuple[Response, int] | Response:
 @bp.get("/company/<account_id>")
 def company(account_id: str) -> Response:
     """Look a company up by Chatwoot account id; unknown accounts answer exists: false (the iframe polls)."""
-    found = tenant_provisioning.find_company(parse_account_id(account_id))
+    found = self_heal.lookup_company(parse_account_id(account_id))
     return ok({"exists": True, **found.as_dict()} if found else {"exists": False})
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
+from multibackend.services import health
 from multibackend.version import NAME, VERSION
 
 SYSTEM_INFO_PATH = "/api/system/info"
@@ -19,6 +20,23 @@ bp = Blueprint("system", __name__)
 def system_info() -> Response:
     """Name, version, endpoints and features of this service."""
     return jsonify({"success": True, "data": {"name": NAME, "version": VERSION, "endpoints": {"system_info": SYSTEM_INFO_PATH}, "features": []}})
+
+
+@bp.get("/livez")
+def livez() -> Response:
+    """The process answers."""
+    return jsonify({"success": True, "data": {"status": "alive"}})
+
+
+@bp.get("/readyz")
+def readyz() -> tuple[Response, int]:
+    """Database and Redis reachable: 200, else 503 saying which is not."""
+    checks = health.readiness()
+    ready = all(state in ("ok", "not configured") for state in checks.values())
+    body = {"success": ready, "data": {"ready": ready, "checks": checks}}
+    if not ready:
+        body |= {"error": "Not ready: " + ", ".join(name for name, state in checks.items() if state not in ("ok", "not configured")), "code": "not_ready"}
+    return jsonify(body), 200 if ready else 503
 
 
 def chatwoot_info(app: Flask) -> dict[str, Any]:

@@ -42,6 +42,7 @@ class CompanySnapshot:
     redis_prefix: str
     vectorstore_index: str
     provisioning_status: str
+    chatwoot_status: str
     created_at: str | None
 
     @classmethod
@@ -53,6 +54,7 @@ class CompanySnapshot:
             redis_prefix=company.redis_prefix,
             vectorstore_index=company.vectorstore_index,
             provisioning_status=company.provisioning_status,
+            chatwoot_status=company.chatwoot_status or "active",
             created_at=iso_utc(company.created_at),
         )
 
@@ -85,7 +87,9 @@ class ProvisioningResult:
         }
 
 
-def provision_account(account_id: int, company_name: str, *, record_sync: bool = True) -> ProvisioningResult:
+def provision_account(
+    account_id: int, company_name: str, *, chatwoot_status: str = "active", record_sync: bool = True
+) -> ProvisioningResult:
     """Create the company if absent and bring its tenant services up; safe to re-run, one commit.
 
     Raises SQLAlchemyError, with nothing written, when the database cannot take the write."""
@@ -93,7 +97,7 @@ def provision_account(account_id: int, company_name: str, *, record_sync: bool =
     names = tenant_names(account_id)
     logger.info("[Chatwoot Sync] Creating company: %s", names.company_id)
     try:
-        company, created = _insert_company_if_absent(account_id, company_name)
+        company, created = _insert_company_if_absent(account_id, company_name, chatwoot_status)
         redis_step = provision_services([company]) if company.provisioning_status != "ready" else "unchanged"
         if record_sync:
             sync_metrics.add_sync_event(
@@ -116,7 +120,7 @@ def create_companies(accounts: Sequence[tuple[int, str, str]]) -> list[Company]:
     if not accounts:
         return []
     now = utcnow()
-    rows = [_company_row(account_id, name, now) | {"chatwoot_status": status} for account_id, name, status in accounts]
+    rows = [_company_row(account_id, name, now, status) for account_id, name, status in accounts]
     statement = (
         conflict_aware_insert(Company.__table__)
         .values(rows)
@@ -139,7 +143,7 @@ def find_company(account_id: int) -> CompanySnapshot | None:
     return CompanySnapshot.of(company) if company is not None else None
 
 
-def _company_row(account_id: int, company_name: str, now: Any) -> dict[str, Any]:
+def _company_row(account_id: int, company_name: str, now: Any, chatwoot_status: str = "active") -> dict[str, Any]:
     names = tenant_names(account_id)
     return {
         "company_id": names.company_id,
@@ -148,16 +152,17 @@ def _company_row(account_id: int, company_name: str, now: Any) -> dict[str, Any]
         "redis_prefix": names.redis_prefix,
         "vectorstore_index": names.vectorstore_index,
         "provisioning_status": "pending",
+        "chatwoot_status": chatwoot_status,
         "created_at": now,
         "updated_at": now,
     }
 
 
-def _insert_company_if_absent(account_id: int, company_name: str) -> tuple[Company, bool]:
+def _insert_company_if_absent(account_id: int, company_name: str, chatwoot_status: str) -> tuple[Company, bool]:
     """INSERT ... ON CONFLICT DO NOTHING RETURNING: exactly one row per account, whatever runs concurrently."""
     statement = (
         conflict_aware_insert(Company.__table__)
-        .values(_company_row(account_id, company_name, utcnow()))
+        .values(_company_row(account_id, company_name, utcnow(), chatwoot_status))
         .on_conflict_do_nothing(index_elements=["chatwoot_account_id"])
         .returning(Company.id)
     )

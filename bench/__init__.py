@@ -1,0 +1,1 @@
+"""Load benchmark of the multibackend service against a bare Flask baseline (run: python bench/run.py)."""

@@ -1,0 +1,227 @@
+"""One benchmark run: databases, servers, every scenario (warm-up, then measured), checks, report, clean-up."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from bench import database, report
+from bench.loadgen import LoadGenerator, LoadResult
+from bench.scenarios import SCENARIOS, SMALL_SUFFIX, LoadContext, Scenario
+from bench.servers import GunicornServer
+from bench.settings import (
+    DATABASE_NAME, NEW_ACCOUNT_BASE, NEW_ACCOUNT_BLOCK, REPO, SMALL_COMPANIES, WEBHOOK_SECRET, Profile,
+)
+
+NEW_ACCOUNTS_SCENARIO = "webhook-new"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A database to load and the scenarios to run against it."""
+
+    suffix: str  # appended to the scenario names in the results
+    database: str
+    companies: int
+    events: int
+    small: bool  # only the scenarios marked also_on_small_dataset run here
+
+    def runs(self, scenario: Scenario) -> bool:
+        return scenario.also_on_small_dataset if self.small else True
+
+
+@dataclass(frozen=True)
+class Options:
+    """How and where to run, beyond the profile's sizes."""
+
+    admin_url: str
+    redis_url: str
+    results_dir: Path
+    loadgen: str = "auto"
+    workers: int | None = None
+    scenarios: tuple[str, ...] = ()  # empty: all
+
+
+@dataclass
+class CommitCheck:
+    """Every webhook-new request answered 200 must have produced a committed company."""
+
+    answered_200: int = 0
+    acked_ids: list[int] = field(default_factory=list)
+    committed_rows: int | None = None
+    acked_committed: int | None = None
+
+    def add(self, result: LoadResult) -> None:
+        self.answered_200 += result.ok_answers
+        self.acked_ids += result.acked_ids
+
+    @property
+    def missing(self) -> int:
+        return len(set(self.acked_ids)) - (self.acked_committed or 0)
+
+    @property
+    def passed(self) -> bool:
+        return (
+            self.committed_rows is not None
+            and self.missing == 0
+            and len(self.acked_ids) == len(set(self.acked_ids)) == self.answered_200
+            and self.committed_rows >= self.answered_200
+        )
+
+    def summary(self) -> str:
+        if self.committed_rows is None:
+            return "webhook-new commit check: not run"
+        extra = self.committed_rows - self.answered_200
+        return (
+            f"webhook-new commit check: {self.answered_200:,} answers 200 (warm-up included), "
+            f"{self.committed_rows:,} companies committed above the loaded ids (+{extra} in flight when the load "
+            f"stopped or timed out), {self.missing} acknowledged ids without a company "
+            f"-> {'PASS' if self.passed else 'FAIL'}"
+        )
+
+
+class Bench:
+    """Runs every dataset's scenarios and keeps what they measured."""
+
+    def __init__(self, profile: Profile, options: Options, log=print) -> None:
+        self.profile = profile
+        self.options = options
+        self.log = log
+        self.stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        self.results: dict[str, LoadResult] = {}
+        self.check = CommitCheck()
+        self.load_seconds: dict[str, float] = {}
+        self.workers = 0
+        self.runs_started = 0
+        self.loadgen: LoadGenerator | None = None
+
+    def datasets(self) -> list[Dataset]:
+        """The profile's dataset, then the 1k-company one for the lookup comparison."""
+        return [
+            Dataset("", DATABASE_NAME, self.profile.companies, self.profile.events, small=False),
+            Dataset(SMALL_SUFFIX, f"{DATABASE_NAME}_1k", SMALL_COMPANIES, SMALL_COMPANIES, small=True),
+        ]
+
+    def selected(self, scenario: Scenario) -> bool:
+        """Whether the user asked for this scenario (the baseline always runs: every ratio needs it)."""
+        wanted = self.options.scenarios
+        return not wanted or scenario.name in wanted or scenario.name == report.BASELINE
+
+    def run(self) -> None:
+        """Everything, with servers stopped and databases dropped whatever happens."""
+        self.loadgen = LoadGenerator(self.options.loadgen, self.log)
+        database.flush_redis(self.options.redis_url)
+        with ExitStack() as cleanup:
+            cleanup.callback(database.flush_redis, self.options.redis_url)
+            baseline = self.start_server(cleanup, "baseline", "bench.baseline_app:app", "/", {})
+            for dataset in self.datasets():
+                scenarios = [s for s in SCENARIOS if dataset.runs(s) and self.selected(s)]
+                if any(s.server == "app" for s in scenarios):
+                    self.run_dataset(dataset, scenarios, baseline)
+
+    def run_dataset(self, dataset: Dataset, scenarios: list[Scenario], baseline: GunicornServer) -> None:
+        """Load one database, serve it, run its scenarios; drop it afterwards."""
+        with ExitStack() as cleanup:
+            url = self.prepare_database(cleanup, dataset)
+            app = self.start_server(cleanup, f"app{dataset.suffix}", "wsgi:app", "/api/system/info", {
+                "DATABASE_URL": url, "REDIS_URL": self.options.redis_url,
+            })
+            self.workers = app.worker_count()
+            servers = {"app": app, "baseline": baseline}
+            for scenario in scenarios:
+                self.results[scenario.name + dataset.suffix] = self.run_scenario(scenario, dataset, servers[scenario.server])
+            if any(s.name == NEW_ACCOUNTS_SCENARIO for s in scenarios):
+                self.verify_commits(url)
+
+    def prepare_database(self, cleanup: ExitStack, dataset: Dataset) -> str:
+        """Recreate, apply the schema with init-db, load and analyze; the drop is registered for clean-up."""
+        self.log(f"database {dataset.database}: loading {dataset.companies:,} companies, {dataset.events:,} sync events")
+        cleanup.callback(database.drop_database, self.options.admin_url, dataset.database)
+        url = database.recreate_database(self.options.admin_url, dataset.database)
+        database.apply_schema(url)
+        seconds = database.load_dataset(url, dataset.companies, dataset.events)
+        self.load_seconds[dataset.database] = round(seconds, 1)
+        self.log(f"database {dataset.database}: loaded and analyzed in {seconds:.1f} s")
+        return url
+
+    def start_server(self, cleanup: ExitStack, name: str, app: str, ready_path: str, env: dict[str, str]) -> GunicornServer:
+        """Start a gunicorn with the production config; its stop is registered for clean-up."""
+        env = {**env, "CHATWOOT_WEBHOOK_SECRET": WEBHOOK_SECRET}
+        if self.options.workers:
+            env["WEB_CONCURRENCY"] = str(self.options.workers)
+        server = GunicornServer(name, app, ready_path, env, self.options.results_dir / "logs" / f"{name}.log")
+        cleanup.callback(server.stop)
+        server.start()
+        self.log(f"{name}: gunicorn {app} on port {server.port}, {server.worker_count()} workers")
+        return server
+
+    def run_scenario(self, scenario: Scenario, dataset: Dataset, server: GunicornServer) -> LoadResult:
+        """A warm-up run (not reported), then the measured run."""
+        label = scenario.name + dataset.suffix
+        if self.profile.warmup_s:
+            self.load_run(scenario, dataset, server, self.profile.warmup_s)
+        result = self.load_run(scenario, dataset, server, self.profile.duration_s)
+        self.log(
+            f"  {label:<18} {result.rps:>9,.0f} req/s  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  "
+            f"errors {result.errors}"
+        )
+        return result
+
+    def load_run(self, scenario: Scenario, dataset: Dataset, server: GunicornServer, duration_s: int) -> LoadResult:
+        """One load run; each gets its own block of never-used account ids."""
+        context = LoadContext(dataset.companies, NEW_ACCOUNT_BASE + self.runs_started * NEW_ACCOUNT_BLOCK)
+        self.runs_started += 1
+        result = self.loadgen.run(
+            server.base_url, scenario.request(context), self.profile.connections, self.profile.threads, duration_s
+        )
+        if scenario.name == NEW_ACCOUNTS_SCENARIO:
+            self.check.add(result)
+        return result
+
+    def verify_commits(self, url: str) -> None:
+        """Count the companies above the loaded ids and look up every acknowledged id."""
+        self.check.committed_rows = database.count_companies_from(url, NEW_ACCOUNT_BASE)
+        self.check.acked_committed = database.count_existing_accounts(url, sorted(set(self.check.acked_ids)))
+
+    def failures(self) -> list[str]:
+        """What makes a strict (smoke) run fail: any error answer, a failed commit check."""
+        problems = [f"{name}: {result.errors} errors" for name, result in self.results.items() if result.errors]
+        if self.check.committed_rows is not None and not self.check.passed:
+            problems.append(self.check.summary())
+        return problems
+
+    def payload(self, rows: dict[str, report.Row], budgets: list[dict[str, Any]]) -> dict[str, Any]:
+        """Everything worth keeping about this run, for the JSON file."""
+        return {
+            "timestamp": self.stamp,
+            "profile": asdict(self.profile),
+            "environment": {
+                "git_commit": _git_commit(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                "load_generator": self.loadgen.name if self.loadgen else None, "gunicorn_workers": self.workers,
+                "web_concurrency_override": self.options.workers, "load_seconds": self.load_seconds,
+            },
+            "scenarios": rows,
+            "raw": {name: {**asdict(result), "acked_ids": len(result.acked_ids)} for name, result in self.results.items()},
+            "budgets": budgets,
+            "webhook_commit_check": {
+                "answered_200": self.check.answered_200, "acked_ids": len(self.check.acked_ids),
+                "committed_rows": self.check.committed_rows, "acked_missing": self.check.missing
+                if self.check.committed_rows is not None else None, "passed": self.check.passed,
+            },
+        }
+
+
+def _git_commit() -> str:
+    """HEAD's short hash, with -dirty when the work tree has changes."""
+    try:
+        return subprocess.run(
+            ["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"

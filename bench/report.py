@@ -1,0 +1,170 @@
+"""Results: the ratio table, the budgets with PASS/MISS, JSON files and the PNG chart."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from bench.loadgen import LoadResult
+from bench.scenarios import BUDGETS
+
+BASELINE = "baseline"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measured scenario and its ratios to the baseline."""
+
+    scenario: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    non2xx: int
+    socket_errors: dict[str, int]
+    requests: int
+    rps_ratio: float
+    p50_ratio: float
+    p99_ratio: float
+
+
+def build_rows(results: Mapping[str, LoadResult]) -> dict[str, Row]:
+    """Rows for every scenario, with ratios to the baseline scenario (NaN when it was not run)."""
+    base = results.get(BASELINE)
+
+    def ratio(value: float, reference: float | None) -> float:
+        return value / reference if reference else float("nan")
+
+    return {
+        name: Row(
+            scenario=name, rps=r.rps, p50_ms=r.p50_ms, p99_ms=r.p99_ms, errors=r.errors, non2xx=r.non2xx,
+            socket_errors=r.socket_errors, requests=r.requests,
+            rps_ratio=ratio(r.rps, base and base.rps),
+            p50_ratio=ratio(r.p50_ms, base and base.p50_ms),
+            p99_ratio=ratio(r.p99_ms, base and base.p99_ms),
+        )
+        for name, r in results.items()
+    }
+
+
+def evaluate_budgets(rows: Mapping[str, Row]) -> list[dict[str, Any]]:
+    """Each budget of the issue with its measured value and PASS / MISS (n/a when not measured)."""
+    evaluated = []
+    for budget in BUDGETS:
+        value, passed = budget.evaluate(rows)
+        verdict = "n/a" if passed is None else "PASS" if passed else "MISS"
+        evaluated.append({"budget": budget.text, "value": value, "unit": budget.unit, "limit": budget.limit, "verdict": verdict})
+    return evaluated
+
+
+def format_table(rows: Mapping[str, Row]) -> str:
+    """The scenario table: ratios to the baseline first, then absolute figures."""
+    header = ("scenario", "rps x base", "p50 / base", "p99 / base", "req/s", "p50 ms", "p99 ms", "errors")
+    lines = [
+        (
+            row.scenario, f"{row.rps_ratio:.2f}x", f"{row.p50_ratio:.2f}", f"{row.p99_ratio:.2f}",
+            f"{row.rps:,.0f}", f"{row.p50_ms:.2f}", f"{row.p99_ms:.2f}", _errors_text(row),
+        )
+        for row in rows.values()
+    ]
+    return _align([header, *lines])
+
+
+def _errors_text(row: Row) -> str:
+    """Error count, with what they were when there were any."""
+    if not row.errors:
+        return "0"
+    kinds = {"non-2xx": row.non2xx, **row.socket_errors}
+    return f"{row.errors} (" + ", ".join(f"{kind} {count}" for kind, count in kinds.items() if count) + ")"
+
+
+def format_budgets(budgets: list[dict[str, Any]]) -> str:
+    """The budgets table."""
+    lines = [("budget", "measured", "verdict")]
+    for item in budgets:
+        measured = "-" if item["value"] is None else f"{item['value']:.2f}{item['unit']}"
+        lines.append((item["budget"], measured, item["verdict"]))
+    return _align(lines)
+
+
+def _align(lines: list[tuple[str, ...]]) -> str:
+    """Columns padded to their widest cell, first column left-aligned, the others right-aligned."""
+    widths = [max(len(line[column]) for line in lines) for column in range(len(lines[0]))]
+    rendered = []
+    for index, line in enumerate(lines):
+        cells = [cell.ljust(widths[0]) if column == 0 else cell.rjust(widths[column]) for column, cell in enumerate(line)]
+        rendered.append("  ".join(cells).rstrip())
+        if index == 0:
+            rendered.append("  ".join("-" * width for width in widths))
+    return "\n".join(rendered)
+
+
+def write_json(results_dir: Path, stamp: str, payload: dict[str, Any]) -> list[Path]:
+    """Save the run as <stamp>.json and latest.json."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(payload, indent=2, default=_json_default)
+    paths = [results_dir / f"{stamp}.json", results_dir / "latest.json"]
+    for path in paths:
+        path.write_text(text + "\n")
+    return paths
+
+
+def _json_default(value: Any) -> Any:
+    """Dataclasses (rows) as dicts."""
+    return asdict(value)
+
+
+def write_chart(results_dir: Path, stamp: str, rows: Mapping[str, Row], title: str) -> list[Path] | None:
+    """Bar charts of throughput and latency ratios to the baseline (None when matplotlib is missing)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    names = [name for name in rows if name != BASELINE]
+    figure, (throughput, latency) = pyplot.subplots(1, 2, figsize=(13, 5.5))
+    _throughput_panel(throughput, names, rows)
+    _latency_panel(latency, names, rows)
+    figure.suptitle(title)
+    figure.tight_layout()
+    paths = [results_dir / f"{stamp}.png", results_dir / "latest.png"]
+    for path in paths:
+        figure.savefig(path, dpi=110)
+    pyplot.close(figure)
+    return paths
+
+
+THROUGHPUT_BUDGETS = {budget.throughput_of: budget.limit for budget in BUDGETS if budget.throughput_of}
+
+
+def _throughput_panel(axes: Any, names: list[str], rows: Mapping[str, Row]) -> None:
+    """req/s as a multiple of the baseline's, with each budget as a tick mark."""
+    positions = range(len(names))
+    bars = axes.bar(positions, [rows[name].rps_ratio for name in names], color="#4c72b0")
+    axes.bar_label(bars, fmt="%.2f", fontsize=8)
+    for position, name in zip(positions, names):
+        budget = THROUGHPUT_BUDGETS.get(name)
+        if budget is not None:
+            axes.hlines(budget, position - 0.4, position + 0.4, colors="#c44e52", linestyles="--")
+    axes.axhline(1.0, color="grey", linewidth=0.8)
+    axes.set_xticks(list(positions), names, rotation=30, ha="right")
+    axes.set_ylabel("req/s x baseline (higher is better)")
+    axes.set_title("Throughput vs baseline (red dashes: budget)")
+
+
+def _latency_panel(axes: Any, names: list[str], rows: Mapping[str, Row]) -> None:
+    """p50 and p99 as multiples of the baseline's, on a log scale."""
+    width = 0.38
+    for offset, (label, attribute, color) in zip((-width / 2, width / 2), (("p50", "p50_ratio", "#55a868"), ("p99", "p99_ratio", "#dd8452"))):
+        bars = axes.bar([i + offset for i in range(len(names))], [getattr(rows[n], attribute) for n in names], width, label=label, color=color)
+        axes.bar_label(bars, fmt="%.1f", fontsize=7)
+    axes.set_yscale("log")
+    axes.axhline(1.0, color="grey", linewidth=0.8)
+    axes.set_xticks(list(range(len(names))), names, rotation=30, ha="right")
+    axes.set_ylabel("latency / baseline latency (lower is better, log)")
+    axes.set_title("Latency vs baseline")
+    axes.legend()

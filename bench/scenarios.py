@@ -1,0 +1,145 @@
+"""The scenarios (what each load run requests) and the issue's budgets, as tables."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Callable, Mapping, Protocol
+
+from bench.settings import MISS_MAX, NEW_ACCOUNT_STRIDE, WEBHOOK_SECRET
+
+WEBHOOK_PATH = f"/api/chatwoot/webhooks/account-created?token={WEBHOOK_SECRET}"
+LOOKUP_PATH = "/api/chatwoot/webhooks/company/{id}"
+METRICS_PATH = f"/api/chatwoot/webhooks/metrics?token={WEBHOOK_SECRET}"
+ACCOUNT_BODY = '{"id": {id}, "name": "Bench {id}", "event": "account_created", "users": []}'
+
+
+@dataclass(frozen=True)
+class RequestSpec:
+    """One scenario's requests; `{id}` in path and body is replaced per request (wrk/scenario.lua mirrors this)."""
+
+    method: str
+    path: str
+    body: str = ""
+    id_mode: str = "none"  # none | random (uniform in [id_low, id_high]) | sequence (never repeats)
+    id_low: int = 0  # sequence: first id of this run's block
+    id_high: int = 0  # sequence: ids between two load workers' ranges
+    record_acks: bool = False  # remember the account ids that were answered 200
+
+    def wrk_args(self, record_dir: str = "") -> list[str]:
+        """The arguments wrk/scenario.lua's init() reads."""
+        return [self.method, self.path, self.body, self.id_mode, str(self.id_low), str(self.id_high), record_dir]
+
+    def render(self, worker: int, sequence_number: int, rng: random.Random) -> tuple[str, str, bytes | None]:
+        """Method, path and body of one request sent by load worker `worker` (Python load generator)."""
+        if self.id_mode == "none":
+            return self.method, self.path, self.body.encode() or None
+        if self.id_mode == "random":
+            account_id = rng.randint(self.id_low, self.id_high)
+        else:
+            account_id = self.id_low + worker * self.id_high + sequence_number
+        text = str(account_id)
+        return self.method, self.path.replace("{id}", text), self.body.replace("{id}", text).encode() or None
+
+
+@dataclass(frozen=True)
+class LoadContext:
+    """What a scenario's requests depend on: the loaded companies and this run's block of new ids."""
+
+    companies: int
+    new_id_block: int
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A named load run against the app or the baseline."""
+
+    name: str
+    server: str  # "app" or "baseline"
+    request: Callable[[LoadContext], RequestSpec]
+    also_on_small_dataset: bool = False
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("baseline", "baseline", lambda c: RequestSpec("GET", "/")),
+    Scenario("system-info", "app", lambda c: RequestSpec("GET", "/api/system/info")),
+    Scenario(
+        "lookup-hit", "app", lambda c: RequestSpec("GET", LOOKUP_PATH, id_mode="random", id_low=1, id_high=c.companies),
+        also_on_small_dataset=True,
+    ),
+    Scenario(
+        "lookup-miss", "app",
+        lambda c: RequestSpec("GET", LOOKUP_PATH, id_mode="random", id_low=c.companies + 1, id_high=MISS_MAX),
+    ),
+    Scenario("metrics", "app", lambda c: RequestSpec("GET", METRICS_PATH)),
+    Scenario(
+        "webhook-repeat", "app",
+        lambda c: RequestSpec("POST", WEBHOOK_PATH, ACCOUNT_BODY, id_mode="random", id_low=1, id_high=c.companies),
+    ),
+    Scenario(
+        "webhook-new", "app",
+        lambda c: RequestSpec(
+            "POST", WEBHOOK_PATH, ACCOUNT_BODY, id_mode="sequence", id_low=c.new_id_block,
+            id_high=NEW_ACCOUNT_STRIDE, record_acks=True,
+        ),
+    ),
+)
+SCENARIO_NAMES = tuple(scenario.name for scenario in SCENARIOS)
+SMALL_SUFFIX = "@1k"
+
+
+class Row(Protocol):
+    """What a budget reads from a measured scenario (report.Row)."""
+
+    rps_ratio: float
+    p50_ms: float
+    p99_ms: float
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A target from the issue: measure(rows) compared with limit."""
+
+    text: str
+    measure: Callable[[Mapping[str, Row]], float]
+    limit: float
+    at_most: bool  # True: value <= limit passes; False: value >= limit passes
+    unit: str = ""
+    throughput_of: str | None = None  # the scenario whose req/s ratio this bounds (drawn on the chart)
+
+    def evaluate(self, rows: Mapping[str, Row]) -> tuple[float | None, bool | None]:
+        """(value, passed), or (None, None) when a scenario it needs was not run."""
+        try:
+            value = self.measure(rows)
+        except (KeyError, ZeroDivisionError):
+            return None, None
+        return value, value <= self.limit if self.at_most else value >= self.limit
+
+
+def _throughput(name: str, limit: float) -> Budget:
+    """req/s of a scenario at least `limit` times the baseline's."""
+    return Budget(
+        f"{name} req/s >= {limit} x baseline", lambda rows: rows[name].rps_ratio, limit, at_most=False, unit="x",
+        throughput_of=name,
+    )
+
+
+def _p99(name: str, limit_ms: float) -> Budget:
+    """p99 latency of a scenario at most limit_ms."""
+    return Budget(f"{name} p99 <= {limit_ms:g} ms", lambda rows: rows[name].p99_ms, limit_ms, at_most=True, unit=" ms")
+
+
+BUDGETS: tuple[Budget, ...] = (
+    _throughput("lookup-hit", 0.7),
+    _throughput("lookup-miss", 0.7),
+    _p99("lookup-hit", 10),
+    _p99("lookup-miss", 10),
+    _throughput("webhook-new", 0.25),
+    _p99("webhook-new", 50),
+    _throughput("metrics", 0.5),
+    Budget(
+        f"lookup-hit p50 (all companies) <= 1.2 x lookup-hit{SMALL_SUFFIX} p50",
+        lambda rows: rows["lookup-hit"].p50_ms / rows[f"lookup-hit{SMALL_SUFFIX}"].p50_ms,
+        1.2, at_most=True, unit="x",
+    ),
+)

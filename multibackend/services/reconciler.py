@@ -1,0 +1,324 @@
+"""The reconciler: brings companies and tenant services to what Chatwoot and PostgreSQL say they should be.
+
+Safe to run repeatedly and from several instances at once: a PostgreSQL advisory lock lets one run at a time."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import ContextManager
+
+import redis
+from flask import current_app
+from sqlalchemy import func, or_, select, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from multibackend.clock import utcnow
+from multibackend.extensions import db, get_redis
+from multibackend.models import Company
+from multibackend.services import delivery_spool, tenant_provisioning
+from multibackend.services.chatwoot_source import ChatwootAccount, ChatwootSource, SourceError, chatwoot_source
+from multibackend.services.tenant_naming import tenant_names
+
+logger = logging.getLogger(__name__)
+
+RECONCILE_LOCK_KEY = 4242002
+MAX_DELETION_CHECKS_PER_RUN = 200
+
+Advance = Callable[[int], None]
+Progress = Callable[[str, "int | None"], ContextManager[Advance]]
+
+
+def no_progress(label: str, total: int | None) -> ContextManager[Advance]:
+    return contextlib.nullcontext(lambda amount: None)
+
+
+@dataclass
+class ReconcileSummary:
+    dry_run: bool = False
+    locked_out: bool = False
+    replayed: int = 0
+    created: int = 0
+    renamed: int = 0
+    marked: int = 0
+    provisioned: int = 0
+    restored: int = 0
+    failed: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and not self.problems
+
+    def problem(self, text_: str, failed: int = 1) -> None:
+        self.problems.append(text_)
+        self.failed += failed
+        logger.error("[Chatwoot Sync] Error: %s", text_)
+
+    def as_line(self) -> str:
+        verb = "would be " if self.dry_run else ""
+        counts = ", ".join(
+            f"{getattr(self, name)} {verb}{name}"
+            for name in ("replayed", "created", "renamed", "marked", "provisioned", "restored")
+        )
+        return f"{counts}, {self.failed} failed"
+
+
+def reconcile(dry_run: bool = False, progress: Progress = no_progress) -> ReconcileSummary:
+    """Replay the spool, backfill/rename/mark from Chatwoot, finish provisioning, rebuild Redis namespaces."""
+    summary = ReconcileSummary(dry_run=dry_run)
+    with reconcile_lock() as acquired:
+        if not acquired:
+            summary.locked_out = True
+            return summary
+        for step in (replay_spool, sync_with_chatwoot, finish_provisioning, restore_namespaces):
+            try:
+                step(summary, dry_run, progress)
+            except SQLAlchemyError as exc:
+                db.session.rollback()
+                summary.problem(f"{step.__name__}: database unavailable ({type(exc).__name__})")
+            except redis.RedisError as exc:
+                summary.problem(f"{step.__name__}: Redis unavailable ({type(exc).__name__})")
+    logger.info("[Chatwoot Sync] Reconcile: %s", summary.as_line())
+    return summary
+
+
+@contextlib.contextmanager
+def reconcile_lock() -> Iterator[bool]:
+    """Hold PostgreSQL's advisory lock for the run (yields False when another instance holds it)."""
+    if db.engine.dialect.name != "postgresql":
+        yield True
+        return
+    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        acquired = bool(connection.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": RECONCILE_LOCK_KEY}).scalar())
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": RECONCILE_LOCK_KEY})
+
+
+def replay_spool(summary: ReconcileSummary, dry_run: bool, progress: Progress) -> None:
+    """Deliveries that arrived while PostgreSQL was down become companies now (idempotently)."""
+    client = get_redis()
+    if client is None:
+        return
+    if dry_run:
+        summary.replayed = delivery_spool.spool_length(client)
+        return
+
+    def handle(delivery: delivery_spool.SpooledDelivery) -> None:
+        tenant_provisioning.provision_account(delivery.account_id, delivery.company_name)
+
+    replayed, failed = delivery_spool.replay_spool(client, handle)
+    summary.replayed += replayed
+    if failed:
+        waiting = delivery_spool.spool_length(client)
+        summary.problem(f"spool replay stopped: the database refused a write; {waiting} deliveries stay spooled")
+
+
+def sync_with_chatwoot(summary: ReconcileSummary, dry_run: bool, progress: Progress) -> None:
+    """Create the companies of Chatwoot accounts missing here, follow renames, mark suspended and gone accounts."""
+    source = chatwoot_source()
+    if source is None:
+        return
+    seen: set[int] = set()
+    try:
+        with progress("Chatwoot accounts", source.count()) as advance:
+            for batch in source.accounts(current_app.config["RECONCILE_BATCH_SIZE"]):
+                seen.update(account.id for account in batch)
+                _apply_accounts(batch, summary, dry_run)
+                advance(len(batch))
+    except SourceError as exc:
+        summary.problem(f"{source.description} could not be read: {exc}")
+        return
+    _mark_gone_accounts(source, seen, summary, dry_run)
+
+
+def _apply_accounts(batch: list[ChatwootAccount], summary: ReconcileSummary, dry_run: bool) -> None:
+    existing = {
+        company.chatwoot_account_id: company
+        for company in db.session.scalars(
+            select(Company).where(Company.chatwoot_account_id.in_([str(account.id) for account in batch]))
+        )
+    }
+    missing = [(account.id, account.name, account.status) for account in batch if str(account.id) not in existing]
+    for account in batch:
+        company = existing.get(str(account.id))
+        if company is not None:
+            _follow_account(company, account, summary)
+    if dry_run:
+        db.session.rollback()
+        summary.created += len(missing)
+        return
+    db.session.commit()
+    for company in tenant_provisioning.create_companies(missing):
+        logger.info("[Chatwoot Sync] Backfilled %s: its webhook never arrived", company.company_id)
+        summary.created += 1
+    db.session.expunge_all()
+
+
+def _follow_account(company: Company, account: ChatwootAccount, summary: ReconcileSummary) -> None:
+    if company.company_name != account.name:
+        logger.info("[Chatwoot Sync] Renamed %s: %r -> %r", company.company_id, company.company_name, account.name)
+        company.company_name = account.name
+        company.updated_at = utcnow()
+        summary.renamed += 1
+    if company.chatwoot_status != account.status:
+        _mark(company, account.status, summary)
+
+
+def _mark(company: Company, status: str, summary: ReconcileSummary) -> None:
+    logger.info("[Chatwoot Sync] Marked %s: Chatwoot account is %s", company.company_id, status)
+    company.chatwoot_status = status
+    company.updated_at = utcnow()
+    summary.marked += 1
+
+
+def _mark_gone_accounts(source: ChatwootSource, seen: set[int], summary: ReconcileSummary, dry_run: bool) -> None:
+    """Companies whose account Chatwoot no longer has are marked deleted (never removed)."""
+    candidates = [company for company in _companies_not_deleted() if _account_number(company) not in seen]
+    if candidates and not seen:
+        summary.problem(f"{source.description} lists no accounts at all: not marking {len(candidates)} companies deleted")
+        return
+    if not source.complete:
+        checked = candidates[:MAX_DELETION_CHECKS_PER_RUN]
+        gone = source.confirm_deleted([_account_number(company) for company in checked], timeout=5)
+        candidates = [company for company in checked if _account_number(company) in gone]
+    for company in candidates:
+        _mark(company, "deleted", summary)
+    if dry_run:
+        db.session.rollback()
+    else:
+        db.session.commit()
+
+
+def _companies_not_deleted() -> Iterator[Company]:
+    last_id = 0
+    batch_size = current_app.config["RECONCILE_BATCH_SIZE"]
+    while True:
+        batch = list(
+            db.session.scalars(
+                select(Company)
+                .where(Company.id > last_id, Company.chatwoot_status != "deleted", Company.chatwoot_account_id.is_not(None))
+                .order_by(Company.id)
+                .limit(batch_size)
+            )
+        )
+        if not batch:
+            return
+        last_id = batch[-1].id
+        yield from (company for company in batch if _account_number(company) is not None)
+
+
+def _account_number(company: Company) -> int | None:
+    value = company.chatwoot_account_id or ""
+    return int(value) if value.isdigit() else None
+
+
+def finish_provisioning(summary: ReconcileSummary, dry_run: bool, progress: Progress) -> None:
+    """Retry companies whose provisioning is pending or failed and due (attempt counts and backoff apply)."""
+    config = current_app.config
+    due = (
+        Company.provisioning_status != "ready",
+        Company.provisioning_attempts < config["RECONCILE_MAX_ATTEMPTS"],
+        or_(Company.next_provisioning_at.is_(None), Company.next_provisioning_at <= utcnow()),
+    )
+    last_id = 0
+    while True:
+        batch = list(
+            db.session.scalars(
+                select(Company)
+                .where(*due, Company.id > last_id)
+                .order_by(Company.id)
+                .limit(config["RECONCILE_BATCH_SIZE"])
+                .with_for_update(skip_locked=True)
+            )
+        )
+        if not batch:
+            break
+        last_id = batch[-1].id
+        if dry_run:
+            summary.provisioned += len(batch)
+            continue
+        tenant_provisioning.provision_services(batch)
+        db.session.commit()
+        ready = tenant_provisioning.announce_ready(batch)
+        summary.provisioned += len(ready)
+        if len(ready) < len(batch):
+            summary.problem(f"{len(batch) - len(ready)} companies could not be provisioned yet", failed=len(batch) - len(ready))
+    db.session.rollback()
+    _report_given_up(summary)
+
+
+def _report_given_up(summary: ReconcileSummary) -> None:
+    given_up = db.session.scalar(
+        select(func.count()).where(
+            Company.provisioning_status == "failed",
+            Company.provisioning_attempts >= current_app.config["RECONCILE_MAX_ATTEMPTS"],
+        )
+    )
+    if given_up:
+        summary.problem(
+            f"{given_up} companies gave up after {current_app.config['RECONCILE_MAX_ATTEMPTS']} attempts "
+            "(see provisioning_error; retry with `flask --app wsgi chatwoot reconcile --retry-failed`)",
+            failed=0,
+        )
+
+
+def retry_failed() -> int:
+    """Give companies that gave up a fresh set of attempts; returns how many."""
+    count = (
+        db.session.query(Company)
+        .filter(Company.provisioning_status == "failed")
+        .update({"provisioning_attempts": 0, "next_provisioning_at": None, "provisioning_status": "pending"})
+    )
+    db.session.commit()
+    return count
+
+
+def restore_namespaces(summary: ReconcileSummary, dry_run: bool, progress: Progress) -> None:
+    """Rewrite every ready company's Redis namespace that is missing or differs from PostgreSQL (Redis is derived)."""
+    client = get_redis()
+    if client is None:
+        return
+    total = db.session.scalar(select(func.count()).where(Company.provisioning_status == "ready"))
+    last_id = 0
+    with progress("Redis namespaces", total) as advance:
+        while batch := _ready_companies_after(last_id):
+            last_id = batch[-1].id
+            stale = _stale_namespaces(client, batch)
+            if stale and not dry_run:
+                pipeline = client.pipeline(transaction=False)
+                for company in stale:
+                    tenant_provisioning.write_tenant_namespace(pipeline, company)
+                pipeline.execute()
+            summary.restored += len(stale)
+            advance(len(batch))
+            db.session.expunge_all()
+
+
+def _ready_companies_after(last_id: int) -> list[Company]:
+    return list(
+        db.session.scalars(
+            select(Company)
+            .where(Company.provisioning_status == "ready", Company.id > last_id)
+            .order_by(Company.id)
+            .limit(current_app.config["RECONCILE_BATCH_SIZE"])
+        )
+    )
+
+
+def _stale_namespaces(client: redis.Redis, companies: list[Company]) -> list[Company]:
+    pipeline = client.pipeline(transaction=False)
+    for company in companies:
+        pipeline.hmget(tenant_names(company.chatwoot_account_id or "").redis_tenant_key, "company_name", "chatwoot_status")
+    pipeline.smismember(tenant_provisioning.VECTORSTORE_REGISTRY_KEY, [c.vectorstore_index for c in companies])
+    *stored, registered = pipeline.execute()
+    return [
+        company
+        for company, (name, status), index_registered in zip(companies, stored, registered)
+        if name != company.company_name or status != company.chatwoot_status or not index_registered
+    ]
