@@ -29,7 +29,7 @@ class LoadResult:
     p90_ms: float
     p99_ms: float
     max_ms: float
-    acked_ids: list[int] = field(default_factory=list)
+    acked: list[tuple[int, int]] = field(default_factory=list)  # (status, account id) of 2xx answers, if recorded
 
     @property
     def rps(self) -> float:
@@ -76,10 +76,10 @@ def run_wrk(wrk: str, base_url: str, spec: RequestSpec, connections: int, thread
         completed = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + 60)
         if completed.returncode != 0:
             raise RuntimeError(f"wrk failed ({completed.returncode}): {completed.stderr or completed.stdout}")
-        return _parse_wrk(completed.stdout, read_acked_ids(Path(record_dir)))
+        return _parse_wrk(completed.stdout, read_acked(Path(record_dir)))
 
 
-def _parse_wrk(output: str, acked_ids: list[int]) -> LoadResult:
+def _parse_wrk(output: str, acked: list[tuple[int, int]]) -> LoadResult:
     """The LoadResult in wrk's BENCH_RESULT line."""
     line = next((line for line in output.splitlines() if line.startswith(RESULT_MARKER)), None)
     if line is None:
@@ -94,13 +94,14 @@ def _parse_wrk(output: str, acked_ids: list[int]) -> LoadResult:
         p90_ms=raw["p90_us"] / 1000,
         p99_ms=raw["p99_us"] / 1000,
         max_ms=raw["max_us"] / 1000,
-        acked_ids=acked_ids,
+        acked=acked,
     )
 
 
-def read_acked_ids(record_dir: Path) -> list[int]:
-    """The account ids written to acked-*.txt by the load workers."""
-    return [int(line) for path in sorted(record_dir.glob("acked-*.txt")) for line in path.read_text().split()]
+def read_acked(record_dir: Path) -> list[tuple[int, int]]:
+    """The (status, account id) lines written to acked-*.txt by the wrk threads."""
+    lines = [line for path in sorted(record_dir.glob("acked-*.txt")) for line in path.read_text().splitlines()]
+    return [(int(status), int(account_id)) for status, account_id in (line.split() for line in lines)]
 
 
 class LoadGenerator:

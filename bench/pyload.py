@@ -25,14 +25,14 @@ class Tally:
     latencies_ms: list[float] = field(default_factory=list)
     non2xx: int = 0
     socket_errors: Counter = field(default_factory=Counter)
-    acked_ids: list[int] = field(default_factory=list)
+    acked: list[tuple[int, int]] = field(default_factory=list)
 
     def add(self, other: Tally) -> Tally:
         """Merge another tally into this one."""
         self.latencies_ms += other.latencies_ms
         self.non2xx += other.non2xx
         self.socket_errors.update(other.socket_errors)
-        self.acked_ids += other.acked_ids
+        self.acked += other.acked
         return self
 
 
@@ -100,12 +100,12 @@ def _connection_loop(host: str, port: int, spec: RequestSpec, worker: int, deadl
 
 
 def _count_answer(spec: RequestSpec, status: int, payload: bytes, tally: Tally) -> None:
-    """Count a non-2xx answer, or remember the acknowledged account id."""
+    """Count a non-2xx answer, or remember the status and account id of a 2xx one."""
     if not 200 <= status < 300:
         tally.non2xx += 1
-    elif spec.record_acks and status == 200:
-        company_id = json.loads(payload)["data"]["company_id"]
-        tally.acked_ids.append(int(company_id.removeprefix("chatwoot_")))
+    elif spec.record_acks:
+        company_id = json.loads(payload)["data"].get("company_id", "chatwoot_0")
+        tally.acked.append((status, int(company_id.removeprefix("chatwoot_"))))
 
 
 def _error_kind(exc: BaseException) -> str:
@@ -133,5 +133,5 @@ def _result(tally: Tally, elapsed_s: float) -> LoadResult:
         p90_ms=percentile(90),
         p99_ms=percentile(99),
         max_ms=latencies[-1],
-        acked_ids=tally.acked_ids,
+        acked=tally.acked,
     )

@@ -24,7 +24,7 @@ class RequestSpec:
     id_mode: str = "none"  # none | random (uniform in [id_low, id_high]) | sequence (never repeats)
     id_low: int = 0  # sequence: first id of this run's block
     id_high: int = 0  # sequence: ids between two load workers' ranges
-    record_acks: bool = False  # remember the account ids that were answered 200
+    record_acks: bool = False  # remember (status, account id) of every 2xx answer
 
     def wrk_args(self, record_dir: str = "") -> list[str]:
         """The arguments wrk/scenario.lua's init() reads."""

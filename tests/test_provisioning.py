@@ -120,20 +120,25 @@ def test_without_redis_url_the_step_is_reported_skipped(make_app, clean_database
     assert redis_client.dbsize() == 0
 
 
-def test_concurrent_duplicates_in_threads_make_one_company(app, clean_database):
-    barrier = threading.Barrier(16)
+def test_concurrent_duplicates_in_threads_make_one_company(app, clean_database, redis_client):
+    rounds, threads = 20, 16
 
-    def deliver_together(_):
+    def deliver_together(barrier, account_id):
         with app.test_client() as client:
             barrier.wait()
-            return deliver(client).json["data"]
+            response = deliver(client, {"id": account_id, "name": f"Race {account_id}"})
+            return response.status_code, response.json["data"]
 
-    with ThreadPoolExecutor(16) as pool:
-        results = list(pool.map(deliver_together, range(16)))
-    assert sum(result["created"] for result in results) == 1
-    assert {result["company_id"] for result in results} == {"chatwoot_42"}
-    assert count_rows(clean_database, "companies") == 1
-    assert count_rows(clean_database, "chatwoot_sync_events") == 16
+    with ThreadPoolExecutor(threads) as pool:
+        for account_id in range(1000, 1000 + rounds):
+            barrier = threading.Barrier(threads)
+            results = list(pool.map(lambda _: deliver_together(barrier, account_id), range(threads)))
+            assert {status for status, _ in results} == {200}
+            assert sum(data["created"] for _, data in results) == 1
+            assert {data["company_id"] for _, data in results} == {f"chatwoot_{account_id}"}
+    assert count_rows(clean_database, "companies") == rounds
+    assert count_rows(clean_database, "chatwoot_sync_events") == rounds * threads
+    assert redis_client.llen(SPOOL_KEY) == 0
 
 
 def test_database_down_spools_the_delivery_and_answers_202(make_app, clean_database, redis_client):

@@ -2,8 +2,8 @@
 --   wrk ... -s bench/wrk/scenario.lua <url> -- METHOD PATH BODY ID_MODE ID_LOW ID_HIGH [RECORD_DIR]
 -- "{id}" in PATH and BODY becomes: nothing (ID_MODE none), a uniform random id in [ID_LOW, ID_HIGH]
 -- (random), or ID_LOW + thread_index * ID_HIGH + n for the thread's n-th request (sequence: ids unique
--- across threads and connections). With RECORD_DIR, each thread writes the account id of every 200
--- answer to RECORD_DIR/acked-<thread>.txt. done() prints one machine-readable line: BENCH_RESULT {json}.
+-- across threads and connections). With RECORD_DIR, each thread writes "<status> <account id>" for every
+-- 2xx answer to RECORD_DIR/acked-<thread>.txt. done() prints one machine-readable line: BENCH_RESULT {json}.
 
 local next_thread_index = 0
 
@@ -17,9 +17,9 @@ local headers = {}
 local sent = 0
 
 local function record_acked(status, _, response_body)
-  if status == 200 then
-    local account_id = response_body:match('"company_id":%s*"chatwoot_(%d+)"')
-    if account_id then acked_file:write(account_id, "\n") end
+  if status >= 200 and status < 300 then
+    local account_id = response_body:match('"company_id":%s*"chatwoot_(%d+)"') or "0"
+    acked_file:write(status, " ", account_id, "\n")
   end
 end
 

@@ -124,7 +124,7 @@ def create_companies(accounts: Sequence[tuple[int, str, str]]) -> list[Company]:
     statement = (
         conflict_aware_insert(Company.__table__)
         .values(rows)
-        .on_conflict_do_nothing(index_elements=["chatwoot_account_id"])
+        .on_conflict_do_nothing()
         .returning(Company.id)
     )
     inserted = db.session.execute(statement).scalars().all()
@@ -159,11 +159,14 @@ def _company_row(account_id: int, company_name: str, now: Any, chatwoot_status: 
 
 
 def _insert_company_if_absent(account_id: int, company_name: str, chatwoot_status: str) -> tuple[Company, bool]:
-    """INSERT ... ON CONFLICT DO NOTHING RETURNING: exactly one row per account, whatever runs concurrently."""
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING: exactly one row per account, whatever runs concurrently.
+
+    No conflict target on purpose: with one, a concurrent duplicate can still fail on the other unique index
+    (company_id) instead of doing nothing."""
     statement = (
         conflict_aware_insert(Company.__table__)
         .values(_company_row(account_id, company_name, utcnow(), chatwoot_status))
-        .on_conflict_do_nothing(index_elements=["chatwoot_account_id"])
+        .on_conflict_do_nothing()
         .returning(Company.id)
     )
     inserted_id = db.session.execute(statement).scalar_one_or_none()
