@@ -189,3 +189,47 @@ def live_server(database_url: str, redis_url: str, tmp_path_factory: pytest.Temp
     server = LiveServer(env, tmp_path_factory.mktemp("gunicorn") / "gunicorn.log")
     yield server
     server.stop()
+
+
+@pytest.fixture
+def chatwoot_db() -> Iterator[Any]:
+    """A Chatwoot-shaped database (accounts, installation_configs) of the test's own."""
+    from tests.servers import ChatwootDatabase
+
+    database = ChatwootDatabase(_admin_url(), f"chatwoot_{uuid.uuid4().hex[:8]}")
+    yield database
+    database.drop()
+
+
+@pytest.fixture
+def platform_api() -> Iterator[Any]:
+    """A local HTTP server with the Platform API's account endpoints and 401s."""
+    from tests.servers import FakePlatformApi
+
+    api = FakePlatformApi()
+    yield api
+    api.stop()
+
+
+def run_command(app: Flask, *args: str) -> Any:
+    """Run `flask chatwoot <args>` in-process against the app; returns click's result (exit_code, output)."""
+    return app.test_cli_runner().invoke(args=["chatwoot", *args])
+
+
+def companies_state(database_url: str) -> dict[str, tuple[str, str, str]]:
+    """{company_id: (company_name, provisioning_status, chatwoot_status)} of every company."""
+    with psycopg.connect(database_url) as connection:
+        rows = connection.execute(
+            "SELECT company_id, company_name, provisioning_status, chatwoot_status FROM companies"
+        ).fetchall()
+    return {row[0]: tuple(row[1:]) for row in rows}
+
+
+def namespaces_state(client: redis.Redis) -> dict[str, dict[str, str]]:
+    """{tenant key: its hash without created_at} of every tenant namespace, plus the index registry."""
+    state = {
+        key: {field: value for field, value in client.hgetall(key).items() if field != "created_at"}
+        for key in client.scan_iter("chatwoot_*:tenant")
+    }
+    state["registry"] = {index: "1" for index in client.smembers("multibackend:vectorstore:indexes")}
+    return state

@@ -69,20 +69,28 @@ class ReconcileSummary:
 def reconcile(dry_run: bool = False, progress: Progress = no_progress) -> ReconcileSummary:
     """Replay the spool, backfill/rename/mark from Chatwoot, finish provisioning, rebuild Redis namespaces."""
     summary = ReconcileSummary(dry_run=dry_run)
-    with reconcile_lock() as acquired:
-        if not acquired:
-            summary.locked_out = True
-            return summary
-        for step in (replay_spool, sync_with_chatwoot, finish_provisioning, restore_namespaces):
-            try:
-                step(summary, dry_run, progress)
-            except SQLAlchemyError as exc:
-                db.session.rollback()
-                summary.problem(f"{step.__name__}: database unavailable ({type(exc).__name__})")
-            except redis.RedisError as exc:
-                summary.problem(f"{step.__name__}: Redis unavailable ({type(exc).__name__})")
+    try:
+        with reconcile_lock() as acquired:
+            if not acquired:
+                summary.locked_out = True
+                return summary
+            for step in (replay_spool, sync_with_chatwoot, finish_provisioning, restore_namespaces):
+                _run_step(step, summary, dry_run, progress)
+    except SQLAlchemyError as exc:
+        summary.problem(f"database unavailable ({type(exc).__name__}): nothing reconciled, the spool is kept")
     logger.info("[Chatwoot Sync] Reconcile: %s", summary.as_line())
     return summary
+
+
+def _run_step(step: Callable[[ReconcileSummary, bool, Progress], None], summary: ReconcileSummary, dry_run: bool, progress: Progress) -> None:
+    """One step; its failure is reported and the next step still runs."""
+    try:
+        step(summary, dry_run, progress)
+    except SQLAlchemyError as exc:
+        db.session.rollback()
+        summary.problem(f"{step.__name__}: database unavailable ({type(exc).__name__})")
+    except redis.RedisError as exc:
+        summary.problem(f"{step.__name__}: Redis unavailable ({type(exc).__name__})")
 
 
 @contextlib.contextmanager
