@@ -7,7 +7,7 @@ import platform
 import subprocess
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,13 @@ from bench.loadgen import LoadGenerator, LoadResult
 from bench.scenarios import SCENARIOS, SMALL_SUFFIX, LoadContext, Scenario
 from bench.servers import GunicornServer
 from bench.settings import (
-    DATABASE_NAME, NEW_ACCOUNT_BASE, NEW_ACCOUNT_BLOCK, REPO, SMALL_COMPANIES, WEBHOOK_SECRET, Profile,
+    DATABASE_NAME,
+    NEW_ACCOUNT_BASE,
+    NEW_ACCOUNT_BLOCK,
+    REPO,
+    SMALL_COMPANIES,
+    WEBHOOK_SECRET,
+    Profile,
 )
 
 NEW_ACCOUNTS_SCENARIO = "webhook-new"
@@ -35,6 +41,7 @@ class Dataset:
     small: bool  # only the scenarios marked also_on_small_dataset run here
 
     def runs(self, scenario: Scenario) -> bool:
+        """Whether the scenario runs against this dataset."""
         return scenario.also_on_small_dataset if self.small else True
 
 
@@ -60,19 +67,23 @@ class CommitCheck:
     acknowledged_committed: int | None = None  # how many of the 200-acknowledged ids have a company
 
     def add(self, result: LoadResult) -> None:
+        """Take in one webhook-new load run (warm-up or measured)."""
         self.answered_2xx += result.ok_answers
         self.acked += result.acked
 
     @property
     def acknowledged_ids(self) -> set[int]:
+        """The account ids answered 200."""
         return {account_id for status, account_id in self.acked if status == 200}
 
     @property
     def answered_200(self) -> int:
+        """How many answers were 200."""
         return sum(1 for status, _ in self.acked if status == 200)
 
     @property
     def missing(self) -> int:
+        """Account ids answered 200 that have no company."""
         return len(self.acknowledged_ids) - (self.acknowledged_committed or 0)
 
     def problems(self) -> list[str]:
@@ -90,6 +101,7 @@ class CommitCheck:
 
     @property
     def passed(self) -> bool:
+        """Whether the check ran and found nothing wrong."""
         return self.committed_rows is not None and not self.problems()
 
     def summary(self) -> str:
@@ -122,7 +134,7 @@ class Bench:
         self.profile = profile
         self.options = options
         self.log = log
-        self.stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        self.stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         self.results: dict[str, LoadResult] = {}
         self.check = CommitCheck()
         self.load_seconds: dict[str, float] = {}
@@ -164,13 +176,14 @@ class Bench:
             self.workers = app.worker_count()
             servers = {"app": app, "baseline": baseline}
             for scenario in scenarios:
-                self.results[scenario.name + dataset.suffix] = self.run_scenario(scenario, dataset, servers[scenario.server])
+                result = self.run_scenario(scenario, dataset, servers[scenario.server])
+                self.results[scenario.name + dataset.suffix] = result
             if any(s.name == NEW_ACCOUNTS_SCENARIO for s in scenarios):
                 self.verify_commits(url)
 
     def prepare_database(self, cleanup: ExitStack, dataset: Dataset) -> str:
         """Recreate, apply the schema with init-db, load and analyze; the drop is registered for clean-up."""
-        self.log(f"database {dataset.database}: loading {dataset.companies:,} companies, {dataset.events:,} sync events")
+        self.log(f"database {dataset.database}: loading {dataset.companies:,} companies, {dataset.events:,} events")
         cleanup.callback(database.drop_database, self.options.admin_url, dataset.database)
         url = database.recreate_database(self.options.admin_url, dataset.database)
         database.apply_schema(url)
@@ -179,7 +192,9 @@ class Bench:
         self.log(f"database {dataset.database}: loaded and analyzed in {seconds:.1f} s")
         return url
 
-    def start_server(self, cleanup: ExitStack, name: str, app: str, ready_path: str, env: dict[str, str]) -> GunicornServer:
+    def start_server(
+        self, cleanup: ExitStack, name: str, app: str, ready_path: str, env: dict[str, str]
+    ) -> GunicornServer:
         """Start a gunicorn with the production config; its stop is registered for clean-up."""
         env = {**env, "CHATWOOT_WEBHOOK_SECRET": WEBHOOK_SECRET}
         if self.options.workers:

@@ -33,6 +33,7 @@ class LoadResult:
 
     @property
     def rps(self) -> float:
+        """Completed requests per second."""
         return self.requests / self.duration_s if self.duration_s else 0.0
 
     @property

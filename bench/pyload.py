@@ -43,10 +43,12 @@ def run(base_url: str, spec: RequestSpec, connections: int, processes: int, dura
     firsts = [sum(shares[:index]) for index in range(processes)]
     started = time.time()
     deadline = started + duration_s
+    jobs = [
+        (target.hostname, target.port, spec, first, share, deadline)
+        for first, share in zip(firsts, shares, strict=True)
+    ]
     with multiprocessing.get_context("fork").Pool(processes) as pool:
-        parts = pool.starmap(
-            _process_main, [(target.hostname, target.port, spec, first, share, deadline) for first, share in zip(firsts, shares)]
-        )
+        parts = pool.starmap(_process_main, jobs)
     total = Tally()
     for part in parts:
         total.add(part)
@@ -57,8 +59,8 @@ def _process_main(host: str, port: int, spec: RequestSpec, first_worker: int, co
     """One process: a thread per connection, their tallies merged."""
     tallies = [Tally() for _ in range(count)]
     threads = [
-        threading.Thread(target=_connection_loop, args=(host, port, spec, first_worker + index, deadline, tallies[index]))
-        for index in range(count)
+        threading.Thread(target=_connection_loop, args=(host, port, spec, first_worker + index, deadline, tally))
+        for index, tally in enumerate(tallies)
     ]
     for thread in threads:
         thread.start()
@@ -122,6 +124,7 @@ def _result(tally: Tally, elapsed_s: float) -> LoadResult:
     latencies = sorted(tally.latencies_ms) or [0.0]
 
     def percentile(q: float) -> float:
+        """Nearest-rank percentile."""
         return latencies[min(len(latencies) - 1, int(q / 100 * len(latencies)))]
 
     return LoadResult(

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from bench.loadgen import LoadResult
 from bench.scenarios import BUDGETS
@@ -35,6 +36,7 @@ def build_rows(results: Mapping[str, LoadResult]) -> dict[str, Row]:
     base = results.get(BASELINE)
 
     def ratio(value: float, reference: float | None) -> float:
+        """value / reference, NaN without a reference."""
         return value / reference if reference else float("nan")
 
     return {
@@ -55,7 +57,9 @@ def evaluate_budgets(rows: Mapping[str, Row]) -> list[dict[str, Any]]:
     for budget in BUDGETS:
         value, passed = budget.evaluate(rows)
         verdict = "n/a" if passed is None else "PASS" if passed else "MISS"
-        evaluated.append({"budget": budget.text, "value": value, "unit": budget.unit, "limit": budget.limit, "verdict": verdict})
+        evaluated.append(
+            {"budget": budget.text, "value": value, "unit": budget.unit, "limit": budget.limit, "verdict": verdict}
+        )
     return evaluated
 
 
@@ -64,12 +68,17 @@ def format_table(rows: Mapping[str, Row]) -> str:
     header = ("scenario", "rps x base", "p50 / base", "p99 / base", "req/s", "p50 ms", "p99 ms", "errors")
     lines = [
         (
-            row.scenario, f"{row.rps_ratio:.2f}x", f"{row.p50_ratio:.2f}", f"{row.p99_ratio:.2f}",
+            row.scenario, f"{_figure(row.rps_ratio)}x", _figure(row.p50_ratio), _figure(row.p99_ratio),
             f"{row.rps:,.0f}", f"{row.p50_ms:.2f}", f"{row.p99_ms:.2f}", _errors_text(row),
         )
         for row in rows.values()
     ]
     return _align([header, *lines])
+
+
+def _figure(value: float) -> str:
+    """Two decimals, three for small values (a ratio of 0.003 must not print as 0.00)."""
+    return f"{value:.3f}" if abs(value) < 0.1 else f"{value:.2f}"
 
 
 def _errors_text(row: Row) -> str:
@@ -84,7 +93,7 @@ def format_budgets(budgets: list[dict[str, Any]]) -> str:
     """The budgets table."""
     lines = [("budget", "measured", "verdict")]
     for item in budgets:
-        measured = "-" if item["value"] is None else f"{item['value']:.2f}{item['unit']}"
+        measured = "-" if item["value"] is None else f"{_figure(item['value'])}{item['unit']}"
         lines.append((item["budget"], measured, item["verdict"]))
     return _align(lines)
 
@@ -94,7 +103,8 @@ def _align(lines: list[tuple[str, ...]]) -> str:
     widths = [max(len(line[column]) for line in lines) for column in range(len(lines[0]))]
     rendered = []
     for index, line in enumerate(lines):
-        cells = [cell.ljust(widths[0]) if column == 0 else cell.rjust(widths[column]) for column, cell in enumerate(line)]
+        cells = [line[0].ljust(widths[0])]
+        cells += [cell.rjust(width) for cell, width in zip(line[1:], widths[1:], strict=True)]
         rendered.append("  ".join(cells).rstrip())
         if index == 0:
             rendered.append("  ".join("-" * width for width in widths))
@@ -145,8 +155,8 @@ def _throughput_panel(axes: Any, names: list[str], rows: Mapping[str, Row]) -> N
     """req/s as a multiple of the baseline's, with each budget as a tick mark."""
     positions = range(len(names))
     bars = axes.bar(positions, [rows[name].rps_ratio for name in names], color="#4c72b0")
-    axes.bar_label(bars, fmt="%.2f", fontsize=8)
-    for position, name in zip(positions, names):
+    axes.bar_label(bars, fmt="%.2g", fontsize=8)
+    for position, name in zip(positions, names, strict=True):
         budget = THROUGHPUT_BUDGETS.get(name)
         if budget is not None:
             axes.hlines(budget, position - 0.4, position + 0.4, colors="#c44e52", linestyles="--")
@@ -159,9 +169,11 @@ def _throughput_panel(axes: Any, names: list[str], rows: Mapping[str, Row]) -> N
 def _latency_panel(axes: Any, names: list[str], rows: Mapping[str, Row]) -> None:
     """p50 and p99 as multiples of the baseline's, on a log scale."""
     width = 0.38
-    for offset, (label, attribute, color) in zip((-width / 2, width / 2), (("p50", "p50_ratio", "#55a868"), ("p99", "p99_ratio", "#dd8452"))):
-        bars = axes.bar([i + offset for i in range(len(names))], [getattr(rows[n], attribute) for n in names], width, label=label, color=color)
-        axes.bar_label(bars, fmt="%.1f", fontsize=7)
+    series = (("p50", "p50_ratio", "#55a868", -width / 2), ("p99", "p99_ratio", "#dd8452", width / 2))
+    for label, attribute, color, offset in series:
+        values = [getattr(rows[name], attribute) for name in names]
+        bars = axes.bar([i + offset for i in range(len(names))], values, width, label=label, color=color)
+        axes.bar_label(bars, fmt="%.3g", fontsize=7)
     axes.set_yscale("log")
     axes.axhline(1.0, color="grey", linewidth=0.8)
     axes.set_xticks(list(range(len(names))), names, rotation=30, ha="right")

@@ -8,24 +8,26 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+REQUIRED_PACKAGES = ("click", "flask", "psycopg", "redis")
 
 
 def use_project_virtualenv() -> None:
     """Re-run this script with the project's .venv when the current Python lacks its packages."""
-    try:
-        import click, flask, psycopg, redis  # noqa: F401, E401
-    except ImportError:
-        venv_python = REPO / ".venv" / "bin" / "python"
-        if not venv_python.exists() or os.environ.get("BENCH_REEXEC"):
-            raise
-        os.environ["BENCH_REEXEC"] = "1"
-        os.execv(venv_python, [str(venv_python), str(Path(__file__).resolve()), *sys.argv[1:]])
+    missing = [name for name in REQUIRED_PACKAGES if importlib.util.find_spec(name) is None]
+    if not missing:
+        return
+    venv_python = REPO / ".venv" / "bin" / "python"
+    if not venv_python.exists() or os.environ.get("BENCH_REEXEC"):
+        sys.exit(f"missing Python packages {', '.join(missing)}: pip install -r requirements-bench.txt")
+    os.environ["BENCH_REEXEC"] = "1"
+    os.execv(venv_python, [str(venv_python), str(Path(__file__).resolve()), *sys.argv[1:]])
 
 
 if __name__ == "__main__":
@@ -38,7 +40,13 @@ from bench import report  # noqa: E402
 from bench.harness import Bench, Options  # noqa: E402
 from bench.scenarios import SCENARIO_NAMES  # noqa: E402
 from bench.settings import (  # noqa: E402
-    DEFAULT_ADMIN_URL, DEFAULT_REDIS_URL, MAX_LOAD_WORKERS, MISS_MAX, PROFILES, RESULTS_DIR, Profile,
+    DEFAULT_ADMIN_URL,
+    DEFAULT_REDIS_URL,
+    MAX_LOAD_WORKERS,
+    MISS_MAX,
+    PROFILES,
+    RESULTS_DIR,
+    Profile,
 )
 
 
@@ -56,7 +64,7 @@ def raise_keyboard_interrupt(signum: int, frame: object) -> None:
 @click.option("--warmup", "warmup_s", type=click.IntRange(0), help="Warm-up seconds before each scenario (0: none).")
 @click.option("--connections", type=click.IntRange(1, MAX_LOAD_WORKERS), help="Concurrent connections [16].")
 @click.option("--threads", type=click.IntRange(1, MAX_LOAD_WORKERS), help="wrk threads / Python processes [2].")
-@click.option("--workers", type=click.IntRange(1), help="WEB_CONCURRENCY for both servers [gunicorn.conf.py's default].")
+@click.option("--workers", type=click.IntRange(1), help="WEB_CONCURRENCY of both servers [gunicorn.conf.py's].")
 @click.option("--loadgen", type=click.Choice(["auto", "wrk", "python"]), default="auto", show_default=True,
               help="auto: wrk (installed with apt-get when root), else the Python generator.")
 @click.option("--scenario", "scenarios", multiple=True, type=click.Choice(SCENARIO_NAMES),

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping, Protocol
+from typing import Protocol
 
 from bench.settings import MISS_MAX, NEW_ACCOUNT_STRIDE, WEBHOOK_SECRET
 

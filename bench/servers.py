@@ -17,7 +17,8 @@ from bench.settings import REPO
 
 READY_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 25  # gunicorn.conf.py's graceful_timeout is 20 s
-SETTLE_S = 1.5  # the worker count must hold this long before the server counts as fully started
+SETTLE_WINDOW_S = 0.5
+IDLE_CPU_SHARE = 0.05  # a server using less than 5 % of one CPU over a window has finished booting
 
 
 class ServerError(RuntimeError):
@@ -51,6 +52,7 @@ class GunicornServer:
 
     @property
     def base_url(self) -> str:
+        """Where the load generator sends its requests."""
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> GunicornServer:
@@ -72,18 +74,21 @@ class GunicornServer:
             if self.process.poll() is not None:
                 raise ServerError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
             if self._answers():
-                self._wait_for_all_workers(deadline)
+                self._wait_until_settled(deadline)
                 return
             time.sleep(0.2)
         raise ServerError(f"{self.name} did not answer {self.ready_path} in {READY_TIMEOUT_S} s:\n{self.log_tail()}")
 
-    def _wait_for_all_workers(self, deadline: float) -> None:
-        """The first worker answers while the master may still fork the others: wait until their count holds."""
-        count, since = self.worker_count(), time.monotonic()
-        while time.monotonic() - since < SETTLE_S and time.monotonic() < deadline:
-            time.sleep(0.1)
-            if self.worker_count() != count:
-                count, since = self.worker_count(), time.monotonic()
+    def _wait_until_settled(self, deadline: float) -> None:
+        """The first worker answers while others still fork and import the app: wait until the worker count
+        holds and the whole server is idle (booting workers would steal CPU from the first measurement)."""
+        workers, cpu = self.worker_count(), self.cpu_seconds()
+        while time.monotonic() < deadline:
+            time.sleep(SETTLE_WINDOW_S)
+            now_workers, now_cpu = self.worker_count(), self.cpu_seconds()
+            if now_workers == workers and now_cpu - cpu < SETTLE_WINDOW_S * IDLE_CPU_SHARE:
+                return
+            workers, cpu = now_workers, now_cpu
 
     def _answers(self) -> bool:
         """Whether ready_path answers 200 right now."""
@@ -96,10 +101,19 @@ class GunicornServer:
         finally:
             connection.close()
 
+    def worker_pids(self) -> list[int]:
+        """The master's worker processes."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return [int(pid) for pid in children.read_text().split()] if children.exists() else []
+
     def worker_count(self) -> int:
         """How many worker processes the master runs (what WEB_CONCURRENCY resolved to)."""
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        return len(children.read_text().split()) if children.exists() else 0
+        return len(self.worker_pids())
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the master and its workers."""
+        ticks = sum(_process_cpu_ticks(pid) for pid in [self.process.pid, *self.worker_pids()])
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         """SIGTERM the master (graceful), SIGKILL its process group if it lingers."""
@@ -118,3 +132,12 @@ class GunicornServer:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+def _process_cpu_ticks(pid: int) -> int:
+    """utime + stime of a process in clock ticks (0 when it has gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0
+    return int(fields[11]) + int(fields[12])

@@ -39,7 +39,10 @@ def apply_schema() -> str:
     if engine.dialect.name == "postgresql":
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
             connection.exec_driver_sql("SET statement_timeout = 0")
-            connection.exec_driver_sql(SCHEMA_FILE.read_text(encoding="utf-8"))
+            try:
+                connection.exec_driver_sql(SCHEMA_FILE.read_text(encoding="utf-8"))
+            finally:
+                connection.exec_driver_sql("RESET statement_timeout")  # the connection goes back to the pool
         return f"Schema applied from {SCHEMA_FILE.name} to PostgreSQL"
     db.create_all()
     return f"Tables created in {engine.url.render_as_string(hide_password=True)}"

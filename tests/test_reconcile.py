@@ -169,10 +169,15 @@ def test_pending_companies_retry_with_backoff_then_give_up(make_app, clean_datab
 
 
 def test_backoff_delays_the_next_attempt(make_app, clean_database):
-    down = make_app(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", RECONCILE_BACKOFF_SECONDS=3600)
+    from multibackend.services.tenant_provisioning import retry_delay
+
+    assert [retry_delay(n, 30) for n in (1, 2, 3, 4, 10)] == [0, 30, 60, 120, 3600]
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    down = make_app(REDIS_URL=dead_redis, RECONCILE_BACKOFF_SECONDS=3600)
     down.test_client().post(WEBHOOK, json={"id": 9, "name": "Nine"})
+    assert "1 companies could not be provisioned yet" in run_command(down, "reconcile").output  # first retry: at once
     result = run_command(make_app(RECONCILE_BACKOFF_SECONDS=3600), "reconcile")
-    assert "0 provisioned" in result.output  # not due before its backoff has passed
+    assert "0 provisioned" in result.output  # the second waits for its backoff
     with psycopg.connect(clean_database) as connection:
         connection.execute("UPDATE companies SET next_provisioning_at = now() - interval '1 second'")
     assert "1 provisioned" in run_command(make_app(), "reconcile").output

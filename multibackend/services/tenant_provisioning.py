@@ -253,8 +253,14 @@ def record_failed_attempt(company: Company, reason: str) -> None:
         company.next_provisioning_at = None
         return
     _set_status(company, "pending", reason)
-    backoff = min(config["RECONCILE_BACKOFF_SECONDS"] * 2 ** (attempts - 1), MAX_BACKOFF_SECONDS)
-    company.next_provisioning_at = utcnow() + timedelta(seconds=backoff)
+    company.next_provisioning_at = utcnow() + timedelta(seconds=retry_delay(attempts, config["RECONCILE_BACKOFF_SECONDS"]))
+
+
+def retry_delay(failed_attempts: int, base_seconds: float) -> float:
+    """The next reconcile retries at once after the first failure, then waits base, 2×base, 4×base... (max 1 h)."""
+    if failed_attempts <= 1:
+        return 0.0
+    return min(base_seconds * 2 ** (failed_attempts - 2), MAX_BACKOFF_SECONDS)
 
 
 def _mark_ready(company: Company) -> None:
