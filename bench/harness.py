@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import database, report
+from bench import database, machine, report
 from bench.loadgen import LoadGenerator, LoadResult
 from bench.scenarios import SCENARIOS, SMALL_SUFFIX, LoadContext, Scenario
 from bench.servers import GunicornServer
@@ -136,6 +136,7 @@ class Bench:
         self.log = log
         self.stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         self.results: dict[str, LoadResult] = {}
+        self.background_cpu: dict[str, float] = {}  # CPU share busy just before each measured run
         self.check = CommitCheck()
         self.load_seconds: dict[str, float] = {}
         self.workers = 0
@@ -210,10 +211,11 @@ class Bench:
         label = scenario.name + dataset.suffix
         if self.profile.warmup_s:
             self.load_run(scenario, dataset, server, self.profile.warmup_s)
+        self.background_cpu[label] = machine.busy_share()
         result = self.load_run(scenario, dataset, server, self.profile.duration_s)
         self.log(
             f"  {label:<18} {result.rps:>9,.0f} req/s  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  "
-            f"errors {result.errors}"
+            f"errors {result.errors}  (machine {self.background_cpu[label]:.0%} busy before)"
         )
         return result
 

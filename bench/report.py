@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.loadgen import LoadResult
+from bench.machine import BUSY_WARNING_SHARE
 from bench.scenarios import BUDGETS
 
 BASELINE = "baseline"
@@ -29,9 +30,10 @@ class Row:
     rps_ratio: float
     p50_ratio: float
     p99_ratio: float
+    background_cpu: float | None = None  # CPU share busy with other work just before the run
 
 
-def build_rows(results: Mapping[str, LoadResult]) -> dict[str, Row]:
+def build_rows(results: Mapping[str, LoadResult], background_cpu: Mapping[str, float]) -> dict[str, Row]:
     """Rows for every scenario, with ratios to the baseline scenario (NaN when it was not run)."""
     base = results.get(BASELINE)
 
@@ -46,6 +48,7 @@ def build_rows(results: Mapping[str, LoadResult]) -> dict[str, Row]:
             rps_ratio=ratio(r.rps, base and base.rps),
             p50_ratio=ratio(r.p50_ms, base and base.p50_ms),
             p99_ratio=ratio(r.p99_ms, base and base.p99_ms),
+            background_cpu=background_cpu.get(name),
         )
         for name, r in results.items()
     }
@@ -68,12 +71,21 @@ def format_table(rows: Mapping[str, Row]) -> str:
     header = ("scenario", "rps x base", "p50 / base", "p99 / base", "req/s", "p50 ms", "p99 ms", "errors")
     lines = [
         (
-            row.scenario, f"{_figure(row.rps_ratio)}x", _figure(row.p50_ratio), _figure(row.p99_ratio),
+            row.scenario + (" *" if _busy(row) else ""),
+            f"{_figure(row.rps_ratio)}x", _figure(row.p50_ratio), _figure(row.p99_ratio),
             f"{row.rps:,.0f}", f"{row.p50_ms:.2f}", f"{row.p99_ms:.2f}", _errors_text(row),
         )
         for row in rows.values()
     ]
-    return _align([header, *lines])
+    table = _align([header, *lines])
+    if any(_busy(row) for row in rows.values()):
+        table += f"\n* other work kept the machine over {BUSY_WARNING_SHARE:.0%} busy just before this run: noisy"
+    return table
+
+
+def _busy(row: Row) -> bool:
+    """Whether other work was using the CPUs when this scenario started."""
+    return row.background_cpu is not None and row.background_cpu > BUSY_WARNING_SHARE
 
 
 def _figure(value: float) -> str:

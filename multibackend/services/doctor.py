@@ -13,6 +13,7 @@ from sqlalchemy import func, inspect, select, text
 
 from multibackend.clock import utcnow
 from multibackend.extensions import db, get_redis
+from multibackend.logging_setup import printable
 from multibackend.models import Company, SyncEvent
 from multibackend.services import delivery_spool
 from multibackend.services.chatwoot_source import ChatwootDatabaseSource, SourceError, chatwoot_source
@@ -31,124 +32,135 @@ class Check:
     fix: str = ""
 
 
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def passed(detail: str) -> Outcome:
+    return Outcome(True, detail)
+
+
+def failed(detail: str, fix: str) -> Outcome:
+    return Outcome(False, detail, fix)
+
+
 def run_checks() -> list[Check]:
     """Every check, in the order of the setup guide; a check that crashes is a failed check, not a crash."""
     checks: list[Check] = []
-    for check in CHECKS:
+    for name, check in CHECKS:
         try:
-            result = check()
+            outcome = check()
         except Exception as exc:  # the doctor reports, it never dies
             db.session.rollback()
-            result = Check(check.__name__.replace("check_", "").replace("_", " "), False, f"{type(exc).__name__}", "see the log")
-        if result is not None:
-            checks.append(result)
+            outcome = failed(f"{type(exc).__name__}: {printable(str(exc).splitlines()[0] if str(exc) else '', 160)}", "check the settings and that the service is running")
+        if outcome is not None:
+            checks.append(Check(name, outcome.ok, outcome.detail, outcome.fix))
     return checks
 
 
-def check_settings() -> Check:
+def check_settings() -> Outcome:
     config = current_app.config
     missing = [name for name in ("DATABASE_URL", "REDIS_URL", "CHATWOOT_WEBHOOK_SECRET") if not config.get(name)]
     if not missing:
-        return Check("settings", True, "DATABASE_URL, REDIS_URL and CHATWOOT_WEBHOOK_SECRET are set")
-    return Check("settings", False, f"not set: {', '.join(missing)}", "set them in the environment (see the README's Configuration table)")
+        return passed("DATABASE_URL, REDIS_URL and CHATWOOT_WEBHOOK_SECRET are set")
+    return failed(f"not set: {', '.join(missing)}", "set them in the environment (see the README's Configuration table)")
 
 
-def check_database() -> Check:
+def check_database() -> Outcome:
     db.session.execute(text("SELECT 1"))
-    return Check("database reachable", True, db.engine.url.render_as_string(hide_password=True))
+    return passed(db.engine.url.render_as_string(hide_password=True))
 
 
-def check_companies_table() -> Check:
+def check_companies_table() -> Outcome:
     inspector = inspect(db.engine)
     if not inspector.has_table("companies"):
-        return Check("companies table", False, "missing", "flask --app wsgi chatwoot init-db")
+        return failed("missing", "flask --app wsgi chatwoot init-db")
     unique = any(
         constraint["column_names"] == ["chatwoot_account_id"] for constraint in inspector.get_unique_constraints("companies")
     )
     if not unique:
-        return Check(
-            "companies table", False, "no UNIQUE constraint on chatwoot_account_id",
+        return failed("no UNIQUE constraint on chatwoot_account_id",
             "flask --app wsgi chatwoot dedupe --dry-run, then flask --app wsgi chatwoot dedupe",
         )
-    return Check("companies table", True, "present, UNIQUE (chatwoot_account_id)")
+    return passed("present, UNIQUE (chatwoot_account_id)")
 
 
-def check_redis() -> Check:
+def check_redis() -> Outcome:
     client = get_redis()
     if client is None:
-        return Check("Redis reachable", False, "REDIS_URL is not set", "set REDIS_URL, then run reconcile to build the namespaces")
+        return failed("REDIS_URL is not set", "set REDIS_URL, then run reconcile to build the namespaces")
     try:
         client.ping()
     except redis.RedisError as exc:
-        return Check("Redis reachable", False, type(exc).__name__, "check REDIS_URL and that Redis is running")
-    return Check("Redis reachable", True, "PING answered")
+        return failed(type(exc).__name__, "check REDIS_URL and that Redis is running")
+    return passed("PING answered")
 
 
-def check_authentication() -> Check:
+def check_authentication() -> Outcome:
     if current_app.config["CHATWOOT_WEBHOOK_SECRETS"]:
-        return Check("webhook authentication", True, "on (token, Basic auth or signature required)")
-    return Check(
-        "webhook authentication", False, "off: anyone can create companies",
+        return passed("on (token, Basic auth or signature required)")
+    return failed("off: anyone can create companies",
         "set CHATWOOT_WEBHOOK_SECRET and add ?token=<secret> to Chatwoot's INSTALLATION_EVENTS_WEBHOOK_URL",
     )
 
 
-def check_success_rate() -> Check:
+def check_success_rate() -> Outcome:
     since = utcnow() - RECENT
     total, succeeded = db.session.execute(
         select(func.count(), func.count().filter(SyncEvent.outcome == "success")).where(SyncEvent.created_at >= since)
     ).one()
     if not total:
-        return Check("recent sync success rate", True, "no deliveries in the last 24 h")
+        return passed("no deliveries in the last 24 h")
     rate = 100.0 * succeeded / total
     detail = f"{rate:.2f}% of {total} deliveries in the last 24 h"
     if rate >= MIN_SUCCESS_RATE:
-        return Check("recent sync success rate", True, detail)
-    return Check("recent sync success rate", False, detail, "see recent_errors in /api/chatwoot/webhooks/metrics and the [Chatwoot Sync] Error log lines")
+        return passed(detail)
+    return failed(detail, "see recent_errors in /api/chatwoot/webhooks/metrics and the [Chatwoot Sync] Error log lines")
 
 
-def check_spool() -> Check | None:
+def check_spool() -> Outcome | None:
     client = get_redis()
     if client is None:
         return None
     waiting = delivery_spool.spool_length(client)
     if waiting == 0:
-        return Check("spool empty", True, "no delivery waiting")
-    return Check("spool empty", False, f"{waiting} deliveries waiting for the database", "flask --app wsgi chatwoot reconcile")
+        return passed("no delivery waiting")
+    return failed(f"{waiting} deliveries waiting for the database", "flask --app wsgi chatwoot reconcile")
 
 
-def check_pending() -> Check:
+def check_pending() -> Outcome:
     stuck_before = utcnow() - STUCK_AFTER
     stuck = db.session.scalar(
         select(func.count()).where(Company.provisioning_status != "ready", Company.updated_at < stuck_before)
     )
     if not stuck:
-        return Check("nothing stuck in pending", True, "every company is provisioned (or was retried in the last 15 min)")
-    return Check(
-        "nothing stuck in pending", False, f"{stuck} companies not ready for over 15 min",
+        return passed("every company is provisioned (or was retried in the last 15 min)")
+    return failed(f"{stuck} companies not ready for over 15 min",
         "flask --app wsgi chatwoot reconcile (add --retry-failed for those that gave up)",
     )
 
 
-def check_chatwoot_webhook_url() -> Check | None:
+def check_chatwoot_webhook_url() -> Outcome | None:
     source = chatwoot_source()
     if not isinstance(source, ChatwootDatabaseSource):
         return None
-    name = "Chatwoot INSTALLATION_EVENTS_WEBHOOK_URL"
     try:
         url = source.installation_webhook_url()
     except SourceError as exc:
-        return Check(name, False, str(exc), "check CHATWOOT_DATABASE_URL")
+        return failed(str(exc), "check CHATWOOT_DATABASE_URL")
     fix = (
         "Super Admin → Installation Configs → INSTALLATION_EVENTS_WEBHOOK_URL = "
         f"{expected_webhook_url('<CHATWOOT_WEBHOOK_SECRET>')}"
     )
     if not url:
-        return Check(name, False, "not set: Chatwoot sends no installation webhook", fix)
+        return failed("not set: Chatwoot sends no installation webhook", fix)
     problem = webhook_url_problem(url)
     if problem:
-        return Check(name, False, problem, fix)
-    return Check(name, True, "points at this backend and carries the secret")
+        return failed(problem, fix)
+    return passed("points at this backend and carries the secret")
 
 
 def webhook_url_problem(url: str) -> str:
@@ -176,11 +188,10 @@ def expected_webhook_url(token: str) -> str:
     return f"{base}{WEBHOOK_PATH}?token={token}"
 
 
-def check_chatwoot_accounts() -> Check | None:
+def check_chatwoot_accounts() -> Outcome | None:
     source = chatwoot_source()
     if not isinstance(source, ChatwootDatabaseSource):
         return None
-    name = "every Chatwoot account has a company"
     missing = 0
     try:
         for batch in source.accounts(current_app.config["RECONCILE_BATCH_SIZE"]):
@@ -188,21 +199,21 @@ def check_chatwoot_accounts() -> Check | None:
             found = db.session.scalar(select(func.count()).where(Company.chatwoot_account_id.in_(ids)))
             missing += len(ids) - int(found or 0)
     except SourceError as exc:
-        return Check(name, False, str(exc), "check CHATWOOT_DATABASE_URL")
+        return failed(str(exc), "check CHATWOOT_DATABASE_URL")
     if missing:
-        return Check(name, False, f"{missing} Chatwoot accounts have no company here", "flask --app wsgi chatwoot reconcile")
-    return Check(name, True, "all Chatwoot accounts have their company")
+        return failed(f"{missing} Chatwoot accounts have no company here", "flask --app wsgi chatwoot reconcile")
+    return passed("all Chatwoot accounts have their company")
 
 
-CHECKS: list[Callable[[], Check | None]] = [
-    check_settings,
-    check_database,
-    check_companies_table,
-    check_redis,
-    check_authentication,
-    check_success_rate,
-    check_spool,
-    check_pending,
-    check_chatwoot_webhook_url,
-    check_chatwoot_accounts,
+CHECKS: list[tuple[str, Callable[[], Outcome | None]]] = [
+    ("settings", check_settings),
+    ("database reachable", check_database),
+    ("companies table", check_companies_table),
+    ("Redis reachable", check_redis),
+    ("webhook authentication", check_authentication),
+    ("recent sync success rate", check_success_rate),
+    ("spool empty", check_spool),
+    ("nothing stuck in pending", check_pending),
+    ("Chatwoot INSTALLATION_EVENTS_WEBHOOK_URL", check_chatwoot_webhook_url),
+    ("every Chatwoot account has a company", check_chatwoot_accounts),
 ]
