@@ -21,6 +21,7 @@ CHATWOOT_WEBHOOKS_URL_PREFIX = "/api/chatwoot/webhooks"
 
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     """The standalone service: settings from the environment (then overrides), system info, the auto-sync."""
+    from multibackend.routes.chatwoot_pages import embed_page
     from multibackend.routes.system import bp as system_bp
 
     app = Flask(__name__)
@@ -28,6 +29,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     configure_logging(app.config["LOG_LEVEL"])
     app.register_blueprint(system_bp)
     init_app(app)
+    app.add_url_rule("/", "embed_page", embed_page)
     register_routing_errors(app, ("/",))
     return app
 
@@ -67,8 +69,10 @@ def _create_embedded_tables(app: Flask) -> None:
     """The embedded SQLite default needs no init-db step; workers starting together may race, which is harmless."""
     from sqlalchemy.exc import OperationalError
 
+    from multibackend.cli import apply_schema
+
     with app.app_context():
         try:
-            db.create_all()
+            apply_schema()
         except OperationalError:
-            db.create_all()
+            apply_schema()

@@ -12,7 +12,8 @@ from types import FrameType
 
 import click
 from flask.cli import with_appcontext
-from sqlalchemy import event
+from sqlalchemy import event, inspect, text
+from sqlalchemy.schema import CreateColumn
 
 from multibackend.extensions import db
 
@@ -45,7 +46,24 @@ def apply_schema() -> str:
                 connection.exec_driver_sql("RESET statement_timeout")  # the connection goes back to the pool
         return f"Schema applied from {SCHEMA_FILE.name} to PostgreSQL"
     db.create_all()
-    return f"Tables created in {engine.url.render_as_string(hide_password=True)}"
+    added = add_missing_sqlite_columns()
+    note = f" ({len(added)} columns added: {', '.join(added)})" if added else ""
+    return f"Tables created in {engine.url.render_as_string(hide_password=True)}{note}"
+
+
+def add_missing_sqlite_columns() -> list[str]:
+    """An embedded SQLite file from an older version gets the columns added since (they all have defaults)."""
+    inspector = inspect(db.engine)
+    added = []
+    with db.engine.begin() as connection:
+        for table in db.metadata.sorted_tables:
+            present = {column["name"] for column in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in present:
+                    ddl = CreateColumn(column).compile(dialect=db.engine.dialect)
+                    connection.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))
+                    added.append(f"{table.name}.{column.name}")
+    return added
 
 
 def allow_long_statements() -> None:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-from functools import wraps
-from typing import Any, Callable
+from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from multibackend.errors import ApiError, register_blueprint_errors
 from multibackend.logging_setup import printable
 from multibackend.schemas import ACCOUNT_CREATED_EVENT, BIGINT_MAX, account_created_schema, event_of
-from multibackend.services import deliveries, self_heal, sync_metrics, webhook_auth
+from multibackend.routes.auth import require_chatwoot_auth
+from multibackend.routes.chatwoot_pages import pages_bp
+from multibackend.services import deliveries, self_heal, sync_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +22,7 @@ WEBHOOK_ENDPOINT = "chatwoot_webhooks.account_created"
 
 bp = Blueprint("chatwoot_webhooks", __name__)
 register_blueprint_errors(bp)
+bp.register_blueprint(pages_bp)
 
 
 @bp.before_request
@@ -34,34 +35,6 @@ def count_rejected_delivery(response: Response) -> Response:
     if request.endpoint == WEBHOOK_ENDPOINT and 400 <= response.status_code < 500:
         sync_metrics.record_rejection((response.get_json(silent=True) or {}).get("code", str(response.status_code)))
     return response
-
-
-def require_chatwoot_auth(view: Callable[..., Any]) -> Callable[..., Any]:
-    """Refuse with 403 invalid_signature unless the request proves a configured secret (when any is set)."""
-
-    @wraps(view)
-    def authenticated_view(*args: Any, **kwargs: Any) -> Any:
-        secrets = current_app.config["CHATWOOT_WEBHOOK_SECRETS"]
-        body = request.get_data(cache=True)  # read first: the body limit (413) comes before authentication
-        if secrets and not webhook_auth.is_authentic(
-            credentials_of_request(body), secrets, time.time(), current_app.config["CHATWOOT_SIGNATURE_TOLERANCE_SECONDS"]
-        ):
-            raise ApiError(403, "invalid_signature", "Invalid webhook signature")
-        return view(*args, **kwargs)
-
-    return authenticated_view
-
-
-def credentials_of_request(body: bytes) -> webhook_auth.DeliveryCredentials:
-    """The token, Basic password and signature headers this request carries."""
-    authorization = request.authorization
-    return webhook_auth.DeliveryCredentials(
-        tokens=request.args.getlist("token"),
-        basic_password=authorization.password if authorization and authorization.type == "basic" else None,
-        signature=request.headers.get("X-Chatwoot-Signature"),
-        timestamp=request.headers.get("X-Chatwoot-Timestamp"),
-        body=body,
-    )
 
 
 def parse_json_body() -> Any:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, select
 
 from multibackend.extensions import conflict_aware_insert, db
 from multibackend.logging_setup import printable
-from multibackend.models import SyncEvent, WebhookRejection
+from multibackend.models import PROVISIONING_STATUSES, Company, SyncEvent, WebhookRejection
+from multibackend.models.company import CHATWOOT_STATUSES
 from multibackend.clock import iso_utc, utcnow
 
 logger = logging.getLogger(__name__)
@@ -97,3 +99,74 @@ def recent_errors(limit: int = RECENT_ERRORS_LIMIT) -> list[dict[str, Any]]:
         for row in rows
     ]
 
+
+
+def hour_bucket(column: Any) -> Any:
+    """The hour a timestamp falls in, as the database can group by it (PostgreSQL or SQLite)."""
+    if db.session.get_bind().dialect.name == "postgresql":
+        return func.date_trunc("hour", column)
+    return func.strftime("%Y-%m-%dT%H:00:00", column)
+
+
+def latency_series(hours: int = 24) -> list[dict[str, Any]]:
+    """Deliveries per hour over the last `hours`: count, failures, average and worst latency."""
+    bucket = hour_bucket(SyncEvent.created_at).label("bucket")
+    rows = db.session.execute(
+        select(
+            bucket,
+            func.count(),
+            func.count().filter(SyncEvent.outcome == "failed"),
+            func.avg(SyncEvent.latency_ms),
+            func.max(SyncEvent.latency_ms),
+        )
+        .where(SyncEvent.created_at >= utcnow() - timedelta(hours=hours))
+        .group_by(bucket)
+        .order_by(bucket)
+    )
+    return [
+        {
+            "hour": iso_utc(hour),
+            "deliveries": total,
+            "failed": failed,
+            "avg_latency_ms": round(float(average), 2),
+            "max_latency_ms": round(float(worst), 2),
+        }
+        for hour, total, failed, average, worst in rows
+    ]
+
+
+def recent_deliveries(limit: int = 20) -> list[dict[str, Any]]:
+    """The latest deliveries, newest first."""
+    rows = db.session.scalars(select(SyncEvent).order_by(SyncEvent.created_at.desc(), SyncEvent.id.desc()).limit(limit))
+    return [
+        {
+            "time": iso_utc(row.created_at),
+            "account_id": row.chatwoot_account_id,
+            "company_id": row.company_id,
+            "outcome": row.outcome,
+            "created": row.created,
+            "latency_ms": row.latency_ms,
+            "error": printable(row.error) if row.error else None,
+        }
+        for row in rows
+    ]
+
+
+def companies_by_status() -> dict[str, dict[str, int]]:
+    """How many companies are in each provisioning state and each Chatwoot state."""
+    provisioning = dict(db.session.execute(select(Company.provisioning_status, func.count()).group_by(Company.provisioning_status)).all())
+    chatwoot = dict(db.session.execute(select(Company.chatwoot_status, func.count()).group_by(Company.chatwoot_status)).all())
+    return {
+        "provisioning": {status: int(provisioning.get(status, 0)) for status in PROVISIONING_STATUSES},
+        "chatwoot": {status: int(chatwoot.get(status, 0)) for status in CHATWOOT_STATUSES},
+    }
+
+
+def dashboard_data() -> dict[str, Any]:
+    """Everything the operator page shows."""
+    return {
+        "metrics": sync_metrics(),
+        "latency_series": latency_series(),
+        "companies": companies_by_status(),
+        "recent_deliveries": recent_deliveries(),
+    }

@@ -1,0 +1,65 @@
+"""Who may call what: Chatwoot deliveries (webhook secret) and operators (the same secret, or an admin token)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from functools import wraps
+from typing import Any, Callable
+
+from flask import current_app, request
+
+from multibackend.errors import ApiError
+from multibackend.services import webhook_auth
+
+
+def require_chatwoot_auth(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Refuse with 403 invalid_signature unless the request proves a configured secret (when any is set)."""
+
+    @wraps(view)
+    def authenticated_view(*args: Any, **kwargs: Any) -> Any:
+        secrets = current_app.config["CHATWOOT_WEBHOOK_SECRETS"]
+        body = request.get_data(cache=True)  # read first: the body limit (413) comes before authentication
+        if secrets and not webhook_auth.is_authentic(
+            credentials_of_request(body), secrets, time.time(), current_app.config["CHATWOOT_SIGNATURE_TOLERANCE_SECONDS"]
+        ):
+            raise ApiError(403, "invalid_signature", "Invalid webhook signature")
+        return view(*args, **kwargs)
+
+    return authenticated_view
+
+
+def credentials_of_request(body: bytes) -> webhook_auth.DeliveryCredentials:
+    """The token, Basic password and signature headers this request carries."""
+    authorization = request.authorization
+    return webhook_auth.DeliveryCredentials(
+        tokens=request.args.getlist("token"),
+        basic_password=authorization.password if authorization and authorization.type == "basic" else None,
+        signature=request.headers.get("X-Chatwoot-Signature"),
+        timestamp=request.headers.get("X-Chatwoot-Timestamp"),
+        body=body,
+    )
+
+
+def require_operator(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Operator pages: the webhook secret or CHATWOOT_ADMIN_TOKEN, by ?token= or HTTP Basic (browsers prompt)."""
+
+    @wraps(view)
+    def operator_view(*args: Any, **kwargs: Any) -> Any:
+        accepted = operator_secrets()
+        unsigned = replace(credentials_of_request(b""), signature=None)
+        if accepted and not webhook_auth.is_authentic(unsigned, accepted, time.time(), 0):
+            raise ApiError(
+                401, "unauthorized", "Authentication required",
+                headers={"WWW-Authenticate": 'Basic realm="multibackend operators", charset="UTF-8"'},
+            )
+        return view(*args, **kwargs)
+
+    return operator_view
+
+
+def operator_secrets() -> tuple[str, ...]:
+    """The secrets that open operator pages (empty: open, like everything else without a secret)."""
+    config = current_app.config
+    admin = (config["CHATWOOT_ADMIN_TOKEN"],) if config["CHATWOOT_ADMIN_TOKEN"] else ()
+    return tuple(config["CHATWOOT_WEBHOOK_SECRETS"]) + admin
