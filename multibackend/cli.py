@@ -145,12 +145,14 @@ def _stop_on_signals() -> list[int]:
 @with_appcontext
 def dedupe_command(dry_run: bool) -> None:
     """Keep the newest company of each Chatwoot account, remove the others, then add the UNIQUE constraint."""
-    from multibackend.services import dedupe
+    from multibackend.services import dedupe, lookup_cache
 
     if db.engine.dialect.name != "postgresql":
         raise click.ClickException("dedupe works on PostgreSQL (the embedded SQLite database always had the constraint)")
     allow_long_statements()
     rows = dedupe.duplicate_rows() if dry_run else dedupe.remove_duplicates_and_constrain()
+    if rows and not dry_run:
+        lookup_cache.forget_all()
     verb = "would remove" if dry_run else "removed"
     for row in rows:
         click.echo(f"  {verb} id={row.id} {row.company_id} (account {row.chatwoot_account_id}, created {row.created_at})")

@@ -92,13 +92,17 @@ def engine_options(uri: str, settings: Mapping[str, Any]) -> dict[str, Any]:
         return {"connect_args": {"timeout": settings["DATABASE_CONNECT_TIMEOUT_SECONDS"]}}
     statement_timeout = settings["DATABASE_STATEMENT_TIMEOUT_MS"]
     return {
-        "pool_pre_ping": True,
+        # no pool_pre_ping: a round trip per request; a connection broken by a server restart is retried once
+        # (extensions.once_more_if_disconnected) and SQLAlchemy then replaces the whole pool
         "pool_size": settings["DATABASE_POOL_SIZE"],
         "pool_timeout": settings["DATABASE_CONNECT_TIMEOUT_SECONDS"],
         "connect_args": {
             "connect_timeout": settings["DATABASE_CONNECT_TIMEOUT_SECONDS"],
             "options": f"-c statement_timeout={statement_timeout}",
             "application_name": "multibackend",
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
         },
     }
 

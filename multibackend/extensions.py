@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import redis
 from flask import Flask, current_app
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 
 from sqlalchemy.orm import DeclarativeBase
 
@@ -20,6 +22,7 @@ class Base(DeclarativeBase):
 db = SQLAlchemy(model_class=Base)
 
 REDIS_EXTENSION = "multibackend.redis"
+T = TypeVar("T")
 
 
 def init_redis(app: Flask) -> None:
@@ -48,3 +51,14 @@ def conflict_aware_insert(table: Any) -> Any:
     """An INSERT that supports ON CONFLICT on the bound database (PostgreSQL in production, SQLite embedded)."""
     dialect = db.session.get_bind().dialect.name
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
+def once_more_if_disconnected(operation: Callable[[], T]) -> T:
+    """Run a database operation; if its pooled connection turns out broken (a server restart), once more."""
+    try:
+        return operation()
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        db.session.rollback()
+        return operation()

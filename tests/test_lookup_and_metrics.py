@@ -119,3 +119,43 @@ def test_metrics_follow_real_deliveries(make_app, clean_database):
 def test_metrics_are_shared_between_app_instances(make_app, clean_database):
     make_app().test_client().post(WEBHOOK, json={"id": 1, "name": "One"})
     assert make_app().test_client().get(METRICS).json["data"]["total_syncs"] == 1
+
+
+def test_lookup_cache_keeps_read_your_writes_across_workers(make_app, clean_database, redis_client):
+    poller, webhook_worker = make_app().test_client(), make_app().test_client()
+    for _ in range(3):
+        assert poller.get(LOOKUP + "42").json["data"] == {"exists": False}  # the miss is now cached
+    assert redis_client.exists("multibackend:lookup:absent:42")
+    webhook_worker.post(WEBHOOK, json={"id": 42, "name": "Acme Corp"})
+    assert poller.get(LOOKUP + "42").json["data"]["exists"] is True  # at once, on another app instance
+
+
+def test_lookup_answers_come_from_the_cache(make_app, clean_database, redis_client):
+    client = make_app().test_client()
+    client.post(WEBHOOK, json={"id": 42, "name": "Acme Corp"})
+    with psycopg.connect(clean_database) as connection:  # behind the service's back: the cache still answers
+        connection.execute("UPDATE companies SET company_name = 'Changed Directly'")
+    assert client.get(LOOKUP + "42").json["data"]["company_name"] == "Acme Corp"
+    redis_client.delete("multibackend:lookup:42")
+    assert client.get(LOOKUP + "42").json["data"]["company_name"] == "Changed Directly"
+
+
+def test_status_changes_and_renames_show_at_once(make_app, clean_database, redis_client, chatwoot_db):
+    down = make_app(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0").test_client()
+    down.post(WEBHOOK, json={"id": 42, "name": "Acme Corp"})
+    app = make_app(CHATWOOT_DATABASE_URL=chatwoot_db.url)
+    client = app.test_client()
+    assert client.get(LOOKUP + "42").json["data"]["provisioning_status"] == "pending"
+    chatwoot_db.add_accounts([(42, "Acme Renamed")])
+    from tests.conftest import run_command
+
+    assert run_command(app, "reconcile").exit_code == 0
+    data = client.get(LOOKUP + "42").json["data"]
+    assert (data["company_name"], data["provisioning_status"]) == ("Acme Renamed", "ready")
+
+
+def test_lookup_without_redis_reads_postgres_every_time(make_app, clean_database):
+    client = make_app(REDIS_URL="").test_client()
+    assert client.get(LOOKUP + "42").json["data"] == {"exists": False}
+    client.post(WEBHOOK, json={"id": 42, "name": "Acme Corp"})
+    assert client.get(LOOKUP + "42").json["data"]["exists"] is True

@@ -13,7 +13,7 @@ from multibackend.logging_setup import printable
 from multibackend.schemas import ACCOUNT_CREATED_EVENT, BIGINT_MAX, account_created_schema, event_of
 from multibackend.routes.auth import require_chatwoot_auth
 from multibackend.routes.chatwoot_pages import pages_bp
-from multibackend.services import deliveries, self_heal, sync_metrics
+from multibackend.services import company_lookup, deliveries, sync_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +73,8 @@ def account_created() -> tuple[Response, int] | Response:
 @bp.get("/company/<account_id>")
 def company(account_id: str) -> Response:
     """Look a company up by Chatwoot account id; unknown accounts answer exists: false (the iframe polls)."""
-    found = self_heal.lookup_company(parse_account_id(account_id))
-    return ok({"exists": True, **found.as_dict()} if found else {"exists": False})
+    data = company_lookup.lookup_answer(parse_account_id(account_id))
+    return Response(b'{"success":true,"data":' + data + b"}", mimetype="application/json")
 
 
 @bp.get("/metrics")

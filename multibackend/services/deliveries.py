@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from multibackend.errors import service_unavailable
+from multibackend.extensions import once_more_if_disconnected
 from multibackend.services import delivery_spool, sync_metrics, tenant_provisioning
 from multibackend.services.tenant_naming import tenant_names
 
@@ -20,7 +21,8 @@ def accept_delivery(account_id: int, company_name: str) -> tuple[dict[str, Any],
     only when it can be stored nowhere raise 503 service_unavailable."""
     started = time.perf_counter()
     try:
-        return tenant_provisioning.provision_account(account_id, company_name).as_response(), 200
+        result = once_more_if_disconnected(lambda: tenant_provisioning.provision_account(account_id, company_name))
+        return result.as_response(), 200
     except SQLAlchemyError as exc:
         reason = f"database unavailable ({type(exc).__name__})"
     if delivery_spool.spool_delivery(account_id, company_name):

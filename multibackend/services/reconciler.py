@@ -278,13 +278,13 @@ def _report_given_up(summary: ReconcileSummary) -> None:
 
 def retry_failed() -> int:
     """Give companies that gave up a fresh set of attempts; returns how many."""
-    count = (
-        db.session.query(Company)
-        .filter(Company.provisioning_status == "failed")
-        .update({"provisioning_attempts": 0, "next_provisioning_at": None, "provisioning_status": "pending"})
-    )
+    companies = list(db.session.scalars(select(Company).where(Company.provisioning_status == "failed")))
+    for company in companies:
+        company.provisioning_attempts = 0
+        company.next_provisioning_at = None
+        company.provisioning_status = "pending"
     db.session.commit()
-    return count
+    return len(companies)
 
 
 def restore_namespaces(summary: ReconcileSummary, dry_run: bool, progress: Progress) -> None:

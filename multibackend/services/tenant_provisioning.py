@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from multibackend.extensions import conflict_aware_insert, db, get_redis
 from multibackend.models import Company
 from multibackend.clock import iso_utc, utcnow
-from multibackend.services import sync_metrics
+from multibackend.services import lookup_cache, sync_metrics
 from multibackend.services.tenant_naming import tenant_names
 
 logger = logging.getLogger(__name__)
@@ -60,6 +60,16 @@ class CompanySnapshot:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def lookup_answer_of(obj: Any) -> tuple[str, dict[str, Any]] | None:
+    """(account id, lookup answer) for a company with an account id; None for anything else."""
+    if not isinstance(obj, Company) or not obj.chatwoot_account_id:
+        return None
+    return obj.chatwoot_account_id, {"exists": True, **CompanySnapshot.of(obj).as_dict()}
+
+
+lookup_cache.track_company_changes(db.session, lookup_answer_of)
 
 
 @dataclass(frozen=True)
@@ -164,14 +174,14 @@ def _insert_company_if_absent(account_id: int, company_name: str, chatwoot_statu
     No conflict target on purpose: with one, a concurrent duplicate can still fail on the other unique index
     (company_id) instead of doing nothing."""
     statement = (
-        conflict_aware_insert(Company.__table__)
+        conflict_aware_insert(Company)
         .values(_company_row(account_id, company_name, utcnow(), chatwoot_status))
         .on_conflict_do_nothing()
-        .returning(Company.id)
+        .returning(Company)
     )
-    inserted_id = db.session.execute(statement).scalar_one_or_none()
-    if inserted_id is not None:
-        return db.session.get_one(Company, inserted_id), True
+    inserted = db.session.scalars(statement).one_or_none()
+    if inserted is not None:
+        return inserted, True
     existing = db.session.scalar(select(Company).where(Company.chatwoot_account_id == str(account_id)))
     if existing is None:  # the row that conflicted is a different account's company_id: never expected
         raise LookupError(f"company {tenant_names(account_id).company_id} conflicts with another account")
