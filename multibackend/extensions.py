@@ -19,7 +19,8 @@ class Base(DeclarativeBase):
     """Base class of the project's typed models."""
 
 
-db = SQLAlchemy(model_class=Base)
+# expire_on_commit=False: what a request committed stays readable without another round trip
+db = SQLAlchemy(model_class=Base, session_options={"expire_on_commit": False})
 
 REDIS_EXTENSION = "multibackend.redis"
 T = TypeVar("T")

@@ -6,7 +6,7 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 
 from multibackend.extensions import conflict_aware_insert, db
 from multibackend.logging_setup import printable
@@ -22,16 +22,18 @@ RECENT_ERRORS_LIMIT = 10
 def add_sync_event(
     account_id: int, company_id: str | None, outcome: str, created: bool, latency_ms: float, error: str | None = None
 ) -> None:
-    """Stage one sync event in the current transaction; the caller commits it with its own work."""
-    db.session.add(
-        SyncEvent(
-            chatwoot_account_id=str(account_id),
-            company_id=company_id,
-            outcome=outcome,
-            created=created,
-            latency_ms=round(latency_ms, 3),
-            error=error,
-        )
+    """Write one sync event in the current transaction (a plain INSERT, no unit of work); the caller commits."""
+    db.session.execute(
+        insert(SyncEvent.__table__),
+        {
+            "chatwoot_account_id": str(account_id),
+            "company_id": company_id,
+            "outcome": outcome,
+            "created": created,
+            "latency_ms": round(latency_ms, 3),
+            "error": error,
+            "created_at": utcnow(),
+        },
     )
 
 
