@@ -91,6 +91,20 @@ CREATE TABLE IF NOT EXISTS chatwoot_sync_events (
 );
 
 CREATE INDEX IF NOT EXISTS ix_chatwoot_sync_events_created_at ON chatwoot_sync_events (created_at);
+-- recent_errors reads the newest few rows with an error: O(10) however long the history
+CREATE INDEX IF NOT EXISTS ix_chatwoot_sync_events_errors ON chatwoot_sync_events (created_at)
+    WHERE error IS NOT NULL;
+
+-- running totals of every sync event up to through_event_id, so metrics never scan the history
+CREATE TABLE IF NOT EXISTS chatwoot_sync_totals (
+    id                SMALLINT PRIMARY KEY,
+    through_event_id  BIGINT NOT NULL DEFAULT 0,
+    total_syncs       BIGINT NOT NULL DEFAULT 0,
+    success_count     BIGINT NOT NULL DEFAULT 0,
+    latency_sum_ms    DOUBLE PRECISION NOT NULL DEFAULT 0,
+    last_sync         TIMESTAMPTZ,
+    CONSTRAINT chatwoot_sync_totals_single_row CHECK (id = 1)
+);
 
 CREATE TABLE IF NOT EXISTS chatwoot_webhook_rejections (
     code              VARCHAR(40) PRIMARY KEY,

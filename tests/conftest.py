@@ -29,7 +29,7 @@ from multibackend.extensions import db
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "chatwoot"
 SHARED_PAYLOADS = ROOT.parent / "shared" / "chatwoot" / "payloads"
-TABLES = ("companies", "chatwoot_sync_events", "chatwoot_webhook_rejections")
+TABLES = ("companies", "chatwoot_sync_events", "chatwoot_webhook_rejections", "chatwoot_sync_totals")
 WEBHOOK = "/api/chatwoot/webhooks/account-created"
 
 

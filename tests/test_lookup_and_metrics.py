@@ -159,3 +159,29 @@ def test_lookup_without_redis_reads_postgres_every_time(make_app, clean_database
     assert client.get(LOOKUP + "42").json["data"] == {"exists": False}
     client.post(WEBHOOK, json={"id": 42, "name": "Acme Corp"})
     assert client.get(LOOKUP + "42").json["data"]["exists"] is True
+
+
+def test_metrics_fold_history_into_running_totals(client, clean_database):
+    old = datetime.now(timezone.utc) - timedelta(days=2)
+    rows = [(str(i), f"chatwoot_{i}", "success" if i % 4 else "failed", True, float(i % 7), None if i % 4 else "boom", old + timedelta(seconds=i)) for i in range(1, 1502)]
+    insert_events(clean_database, rows)
+    first = client.get(METRICS).json["data"]  # more than 1,000 unfolded events: this request folds them
+    with psycopg.connect(clean_database) as connection:
+        through, total = connection.execute("SELECT through_event_id, total_syncs FROM chatwoot_sync_totals").fetchone()
+    assert (through, total) == (1501, 1501)
+    insert_events(clean_database, [("9", "chatwoot_9", "failed", False, 100.0, "late error", datetime.now(timezone.utc))])
+    second = client.get(METRICS).json["data"]
+    assert first["total_syncs"] == 1501 and second["total_syncs"] == 1502
+    assert (second["success_count"], second["failed_count"]) == (first["success_count"], first["failed_count"] + 1)
+    expected_sum = sum(float(i % 7) for i in range(1, 1502)) + 100.0
+    assert second["avg_latency_ms"] == round(expected_sum / 1502, 2)
+    assert second["recent_errors"][0]["error"] == "late error"
+    assert first["last_sync"] == (old + timedelta(seconds=1501)).isoformat().replace("+00:00", "Z")
+
+
+def test_recent_events_are_not_folded_until_settled(client, clean_database):
+    now = datetime.now(timezone.utc)
+    insert_events(clean_database, [(str(i), None, "success", True, 1.0, None, now) for i in range(1200)])
+    assert client.get(METRICS).json["data"]["total_syncs"] == 1200
+    with psycopg.connect(clean_database) as connection:
+        assert connection.execute("SELECT count(*) FROM chatwoot_sync_totals WHERE through_event_id > 0").fetchone()[0] == 0

@@ -44,7 +44,8 @@ def describe(inspector, schema: str) -> dict:
             "unique": sorted((u["name"], tuple(u["column_names"])) for u in inspector.get_unique_constraints(table, schema=schema)),
             "checks": sorted((c["name"], c["sqltext"]) for c in inspector.get_check_constraints(table, schema=schema)),
             "indexes": sorted(
-                (i["name"], tuple(i["column_names"]), i["unique"]) for i in inspector.get_indexes(table, schema=schema)
+                (i["name"], tuple(i["column_names"]), i["unique"], str(i.get("dialect_options", {}).get("postgresql_where")))
+                for i in inspector.get_indexes(table, schema=schema)
             ),
             "foreign_keys": inspector.get_foreign_keys(table, schema=schema),
         }
@@ -60,7 +61,7 @@ def test_sql_file_and_models_describe_the_same_tables(engine):
         db.metadata.create_all(connection)
     inspector = inspect(engine)
     from_sql, from_models = describe(inspector, "from_sql"), describe(inspector, "from_models")
-    assert set(from_sql) == {"companies", "chatwoot_sync_events", "chatwoot_webhook_rejections"}
+    assert set(from_sql) == {"companies", "chatwoot_sync_events", "chatwoot_webhook_rejections", "chatwoot_sync_totals"}
     assert from_sql == from_models
     companies = from_sql["companies"]
     assert ("companies_chatwoot_account_id_key", ("chatwoot_account_id",)) in companies["unique"]

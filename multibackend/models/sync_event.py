@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, CheckConstraint, DateTime, Float, Integer, String, Text, func, text
+from sqlalchemy import BigInteger, Boolean, CheckConstraint, DateTime, Float, Index, Integer, SmallInteger, String, Text, func, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from multibackend.extensions import db
@@ -17,6 +17,13 @@ class SyncEvent(db.Model):
     __tablename__ = "chatwoot_sync_events"
     __table_args__ = (
         CheckConstraint("outcome IN ('success', 'failed')", name="chatwoot_sync_events_outcome_check"),
+        # recent_errors reads the newest few rows with an error: O(10) however long the history
+        Index(
+            "ix_chatwoot_sync_events_errors",
+            "created_at",
+            postgresql_where=text("error IS NOT NULL"),
+            sqlite_where=text("error IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
@@ -41,3 +48,17 @@ class WebhookRejection(db.Model):
     last_rejected_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, server_default=func.now()
     )
+
+
+class SyncTotals(db.Model):
+    """Running totals of every sync event up to through_event_id, so metrics never scan the history."""
+
+    __tablename__ = "chatwoot_sync_totals"
+    __table_args__ = (CheckConstraint("id = 1", name="chatwoot_sync_totals_single_row"),)
+
+    id: Mapped[int] = mapped_column(SmallInteger, primary_key=True, default=1, autoincrement=False)
+    through_event_id: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    total_syncs: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    success_count: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    latency_sum_ms: Mapped[float] = mapped_column(Float(53), default=0.0, server_default=text("0"))
+    last_sync: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import func, insert, select
 
 from multibackend.extensions import conflict_aware_insert, db
 from multibackend.logging_setup import printable
-from multibackend.models import PROVISIONING_STATUSES, Company, SyncEvent, WebhookRejection
+from multibackend.models import PROVISIONING_STATUSES, Company, SyncEvent, SyncTotals, WebhookRejection
 from multibackend.models.company import CHATWOOT_STATUSES
 from multibackend.clock import iso_utc, utcnow
 
 logger = logging.getLogger(__name__)
 
 RECENT_ERRORS_LIMIT = 10
+FOLD_THRESHOLD = 1000
+FOLD_SETTLE_SECONDS = 60
+FOLD_LOCK_KEY = 4242003
 
 
 def add_sync_event(
@@ -65,27 +68,90 @@ def record_rejection(code: str) -> None:
 
 
 def sync_metrics() -> dict[str, Any]:
-    """Totals, success rate, average latency, last sync and the latest errors, across all workers."""
-    success = SyncEvent.outcome == "success"
-    total, success_count, avg_latency, last_sync = db.session.execute(
-        select(
-            func.count(),
-            func.count().filter(success),
-            func.avg(SyncEvent.latency_ms),
-            func.max(SyncEvent.created_at),
-        )
-    ).one()
+    """Totals, success rate, average latency, last sync and the latest errors, across all workers.
+
+    Cost does not grow with history: running totals plus the few events recorded since they were folded."""
+    totals = db.session.get(SyncTotals, 1) or SyncTotals(through_event_id=0, total_syncs=0, success_count=0, latency_sum_ms=0.0)
+    tail_count, tail_success, tail_latency, tail_last = _tail_since(totals.through_event_id)
+    if tail_count > FOLD_THRESHOLD:
+        fold_sync_totals()
+    total = totals.total_syncs + tail_count
+    success_count = totals.success_count + tail_success
+    latency_sum = totals.latency_sum_ms + float(tail_latency or 0.0)
     rejected = db.session.execute(select(func.coalesce(func.sum(WebhookRejection.count), 0))).scalar_one()
+    last_syncs = [moment for moment in (_as_utc(totals.last_sync), _as_utc(tail_last)) if moment is not None]
     return {
         "total_syncs": total,
         "success_count": success_count,
         "failed_count": total - success_count,
         "rejected_count": int(rejected),
         "success_rate": round(100.0 * success_count / total, 2) if total else None,
-        "avg_latency_ms": round(float(avg_latency), 2) if avg_latency is not None else None,
-        "last_sync": iso_utc(last_sync),
+        "avg_latency_ms": round(latency_sum / total, 2) if total else None,
+        "last_sync": iso_utc(max(last_syncs)) if last_syncs else None,
         "recent_errors": recent_errors(),
     }
+
+
+def _tail_since(event_id: int) -> tuple[int, int, float | None, Any]:
+    """Count, successes, latency sum and newest time of the events after event_id (an index range scan)."""
+    count, success, latency, last = db.session.execute(
+        select(
+            func.count(),
+            func.count().filter(SyncEvent.outcome == "success"),
+            func.sum(SyncEvent.latency_ms),
+            func.max(SyncEvent.created_at),
+        ).where(SyncEvent.id > event_id)
+    ).one()
+    return int(count), int(success), latency, last
+
+
+def fold_sync_totals() -> int:
+    """Fold settled events (older than FOLD_SETTLE_SECONDS, so no transaction still holds a lower id) into the
+    running totals; one folder at a time. Returns how many events were folded."""
+    with db.engine.begin() as connection:
+        if connection.dialect.name == "postgresql" and not connection.execute(
+            select(func.pg_try_advisory_xact_lock(FOLD_LOCK_KEY))
+        ).scalar():
+            return 0
+        connection.execute(conflict_aware_insert(SyncTotals.__table__).values(id=1).on_conflict_do_nothing())
+        totals = connection.execute(select(SyncTotals.__table__).where(SyncTotals.id == 1)).one()
+        settled_before = utcnow() - timedelta(seconds=FOLD_SETTLE_SECONDS)
+        upto = connection.execute(
+            select(func.max(SyncEvent.id)).where(
+                SyncEvent.id > totals.through_event_id, SyncEvent.created_at < settled_before
+            )
+        ).scalar()
+        if upto is None:
+            return 0
+        count, success, latency, last = connection.execute(
+            select(
+                func.count(),
+                func.count().filter(SyncEvent.outcome == "success"),
+                func.coalesce(func.sum(SyncEvent.latency_ms), 0.0),
+                func.max(SyncEvent.created_at),
+            ).where(SyncEvent.id > totals.through_event_id, SyncEvent.id <= upto)
+        ).one()
+        newest = max(moment for moment in (_as_utc(totals.last_sync), _as_utc(last)) if moment is not None)
+        connection.execute(
+            SyncTotals.__table__.update()
+            .where(SyncTotals.id == 1)
+            .values(
+                through_event_id=upto,
+                total_syncs=totals.total_syncs + count,
+                success_count=totals.success_count + success,
+                latency_sum_ms=totals.latency_sum_ms + float(latency),
+                last_sync=newest,
+            )
+        )
+    return int(count)
+
+
+def _as_utc(moment: Any) -> datetime | None:
+    if moment is None:
+        return None
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def recent_errors(limit: int = RECENT_ERRORS_LIMIT) -> list[dict[str, Any]]:

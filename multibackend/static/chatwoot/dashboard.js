@@ -20,7 +20,7 @@ const TEXT = {
   rejected: "Rejected",
   averageLatency: "Average latency",
   lastSync: "Last sync",
-  successOfTotal: (success, total) => `${success} of ${total} syncs succeeded`,
+  successOfTotal: (success, total) => (total ? `${success} of ${total} syncs succeeded` : "no syncs yet"),
   failedDetail: "syncs that did not complete",
   rejectedDetail: "deliveries refused (authentication, payload, size)",
   latencyDetail: "per delivery, all time",
@@ -33,6 +33,8 @@ const TEXT = {
   unauthorized: "not authorized: open this page with ?token=<secret> or sign in again",
   noDeliveries: "No deliveries in the last 24 hours yet.",
   noErrors: "No errors recorded.",
+  errorSource: (time, accountId) => `${time} · account ${accountId}`,
+  noRecentDeliveries: "No deliveries yet.",
   averageSeries: "Average latency",
   maxSeries: "Max latency",
   succeededSeries: "Succeeded",
@@ -295,7 +297,7 @@ function renderErrors(errors) {
   const content = errors.length === 0
     ? element("p", { class: "empty" }, TEXT.noErrors)
     : element("ul", { class: "errors" }, ...errors.map((error) => element("li", {},
-      element("span", { class: "error-meta" }, `${formatTime(error.time)} · account ${error.account_id}`),
+      element("span", { class: "error-meta" }, TEXT.errorSource(formatTime(error.time), error.account_id)),
       element("span", { class: "error-text" }, error.error))));
   byId("recent-errors").replaceChildren(content);
 }
@@ -324,7 +326,7 @@ function stateRow(state, label, count, total) {
 
 function renderDeliveries(deliveries) {
   if (deliveries.length === 0) {
-    byId("deliveries").replaceChildren(element("p", { class: "empty" }, TEXT.noDeliveries));
+    byId("deliveries").replaceChildren(element("p", { class: "empty" }, TEXT.noRecentDeliveries));
     return;
   }
   const rows = deliveries.map((delivery) => element("tr", { class: `outcome-${delivery.outcome}` },

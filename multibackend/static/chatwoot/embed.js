@@ -152,7 +152,7 @@ function accountIdOfAppContext(data) {
 // ---- the lookup --------------------------------------------------------------------------------------------------
 
 /**
- * One lookup. Resolves to {company} when it exists, {failure} when asking again cannot help,
+ * One lookup. Resolves to {company} when it exists, {failure} when polling cannot fix it,
  * or {retryAfterMs} when it does not exist yet or the server asks us to slow down or is briefly unavailable.
  */
 async function lookUp(accountId) {
