@@ -1,7 +1,9 @@
 """Production gunicorn settings (Procfile `web:`): $PORT, $WEB_CONCURRENCY workers, masked access log on stdout."""
 
+import glob
 import multiprocessing
 import os
+import tempfile
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY") or min(2 * multiprocessing.cpu_count() + 1, 9))
@@ -17,3 +19,31 @@ logger_class = "multibackend.logging_setup.MaskingGunicornLogger"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms "%(a)s"'
 # gunicorn's control socket lives at one fixed path per user; several servers on a host would fight over it.
 control_socket_disable = True
+
+# Prometheus multiprocess mode: every worker writes its counters into one directory that /metrics reads.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="multibackend-prometheus-")
+for stale in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
+    os.remove(stale)
+
+
+def child_exit(server, worker):  # noqa: ANN001 (gunicorn hook)
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+# LOG_FORMAT=json: gunicorn's own lines (start-up, access) are JSON objects too, one per line.
+if os.environ.get("LOG_FORMAT", "").lower() == "json":
+    logconfig_dict = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "multibackend.logging_setup.JsonFormatter"}},
+        "handlers": {
+            "error_console": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"},
+            "console": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"},
+        },
+        "loggers": {
+            "gunicorn.error": {"level": "INFO", "handlers": ["error_console"], "propagate": False},
+            "gunicorn.access": {"level": "INFO", "handlers": ["console"], "propagate": False},
+        },
+    }

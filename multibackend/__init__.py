@@ -26,7 +26,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
 
     app = Flask(__name__)
     app.config.update(read_settings(os.environ, overrides))
-    configure_logging(app.config["LOG_LEVEL"])
+    configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
     app.register_blueprint(system_bp)
     init_app(app)
     app.add_url_rule("/", "embed_page", embed_page)
@@ -37,6 +37,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
 def init_app(app: Flask, url_prefix: str = CHATWOOT_WEBHOOKS_URL_PREFIX) -> None:
     """Mount the Chatwoot auto-sync on an app (ours or a host's): config, database, Redis, blueprint, CLI."""
     from multibackend.cli import chatwoot_cli
+    from multibackend.observability import init_observability
     from multibackend.routes.chatwoot_webhooks import bp as webhooks_bp
     from multibackend.routes.system import add_chatwoot_entries
     from multibackend.services.chatwoot_source import init_chatwoot_source
@@ -56,6 +57,7 @@ def init_app(app: Flask, url_prefix: str = CHATWOOT_WEBHOOKS_URL_PREFIX) -> None
         _create_embedded_tables(app)
     app.register_blueprint(webhooks_bp, url_prefix=url_prefix)
     app.after_request(add_chatwoot_entries)
+    init_observability(app)
     app.cli.add_command(chatwoot_cli)
     register_routing_errors(app, (url_prefix,))
     if not app.config["CHATWOOT_WEBHOOK_SECRETS"]:

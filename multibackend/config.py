@@ -17,6 +17,7 @@ DEFAULTS: dict[str, Any] = {
     "DATABASE_POOL_SIZE": 5,
     "REDIS_TIMEOUT_SECONDS": 0.5,
     "LOG_LEVEL": "INFO",
+    "LOG_FORMAT": "text",
     "CHATWOOT_DATABASE_URL": "",
     "CHATWOOT_API_URL": "",
     "CHATWOOT_PLATFORM_TOKEN": "",
@@ -63,6 +64,9 @@ def read_settings(environ: Mapping[str, str], overrides: Mapping[str, Any] | Non
         raw[key] = _positive_number(key, raw[key], float, allow_zero=True)
     raw["CHATWOOT_WEBHOOK_SECRETS"] = parse_secrets(raw["CHATWOOT_WEBHOOK_SECRET"])
     raw["LOG_LEVEL"] = str(raw["LOG_LEVEL"]).upper()
+    raw["LOG_FORMAT"] = str(raw["LOG_FORMAT"]).lower()
+    if raw["LOG_FORMAT"] not in ("text", "json"):
+        raise ConfigError(f"LOG_FORMAT must be text or json, got {raw['LOG_FORMAT']!r}")
     return raw
 
 

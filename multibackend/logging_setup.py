@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
+import time
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -31,16 +34,51 @@ def mask_secrets(text: str) -> str:
     return QUERY_PARAMETER_PATTERN.sub(mask, text)
 
 
-def configure_logging(level: str) -> None:
-    """Give the root logger one readable stderr handler, unless the host or server already set one up."""
+READABLE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: log record attributes (set with `extra=`) that a JSON line carries when present
+JSON_FIELDS = ("account_id", "company_id", "outcome", "event", "remote", "request", "status", "bytes", "duration_ms")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and the account id and outcome when known."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        line.update({field: getattr(record, field) for field in JSON_FIELDS if hasattr(record, field)})
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+JsonFormatter.converter = time.gmtime  # type: ignore[assignment]
+
+
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """Give the root logger one stderr handler (readable lines, or JSON with LOG_FORMAT=json), unless the host
+    already set one up."""
     root = logging.getLogger()
     if not root.handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(READABLE_FORMAT))
+        root.addHandler(handler)
     logging.getLogger("multibackend").setLevel(level)
 
 
 class MaskingGunicornLogger(GunicornLogger):
     """Gunicorn's logger whose access lines never carry a webhook token or an Authorization header."""
+
+    def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
+        if os.environ.get("LOG_FORMAT", "").lower() != "json":
+            super().access(resp, req, environ, request_time)
+            return
+        atoms = self.atoms(resp, req, environ, request_time)
+        fields = {"remote": atoms["h"], "request": atoms["r"], "status": atoms["s"], "bytes": atoms["b"], "duration_ms": atoms["M"]}
+        self.access_log.info("%s %s", atoms["r"], atoms["s"], extra=fields)
 
     def atoms(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> dict[str, Any]:
         atoms = super().atoms(resp, req, environ, request_time)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -57,3 +58,40 @@ def test_smoke_script_fails_with_the_wrong_secret(live_server, capsys):
 
     assert test_chatwoot_webhook.run_suite(live_server.url, "not-the-secret") is False
     assert "✗" in capsys.readouterr().out
+
+
+def test_prometheus_metrics_add_up_across_workers(live_server):
+    session = requests.Session()
+    for account_id in range(777100, 777130):
+        session.post(f"{live_server.url}{WEBHOOK}?token={LIVE_SECRET}", json={"id": account_id, "name": "Prom"}, timeout=10)
+        requests.get(f"{live_server.url}/api/chatwoot/webhooks/company/{account_id}", timeout=10)  # new connection
+    assert requests.get(f"{live_server.url}/metrics", timeout=10).status_code == 401
+    text = requests.get(f"{live_server.url}/metrics?token={LIVE_SECRET}", timeout=10).text
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line and not line.startswith("#")}
+    assert samples['chatwoot_webhook_deliveries_total{outcome="created"}'] >= 30
+    assert samples["chatwoot_webhook_duration_seconds_count"] >= 30
+    assert samples['chatwoot_lookup_duration_seconds_count{result="hit"}'] >= 30
+    assert samples['chatwoot_companies{provisioning_status="ready"}'] >= 30
+    assert "chatwoot_spool_length" in samples
+
+
+def test_json_logs(database_url, redis_url, tmp_path):
+    from tests.conftest import LiveServer
+
+    server = LiveServer(
+        {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "CHATWOOT_WEBHOOK_SECRET": LIVE_SECRET,
+         "WEB_CONCURRENCY": "1", "LOG_FORMAT": "json"},
+        tmp_path / "json.log",
+    )
+    try:
+        requests.post(f"{server.url}{WEBHOOK}?token={LIVE_SECRET}", json={"id": 777200, "name": "Json Co"}, timeout=10)
+    finally:
+        server.stop()
+    records = [json.loads(line) for line in server.log_path.read_text().splitlines() if line.strip()]  # every line
+    received = next(r for r in records if r.get("message", "").startswith("[Chatwoot Webhook] Account created: 777200"))
+    assert (received["account_id"], received["outcome"], received["level"]) == (777200, "received", "INFO")
+    created = next(r for r in records if r.get("outcome") == "created")
+    assert created["company_id"] == "chatwoot_777200"
+    access = next(r for r in records if r.get("logger") == "gunicorn.access" and "account-created" in r["request"])
+    assert "token=***" in access["request"] and access["status"] == "200"
+    assert LIVE_SECRET not in server.log_path.read_text()

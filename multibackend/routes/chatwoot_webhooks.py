@@ -65,7 +65,10 @@ def account_created() -> tuple[Response, int] | Response:
         logger.info("[Chatwoot Webhook] Ignored event: %s", printable(event))
         return ok({"ignored": True, "event": event, "message": "Only account_created is processed here"})
     account = account_created_schema.load(payload)
-    logger.info("[Chatwoot Webhook] Account created: %s - %s", account["id"], printable(account["name"], 255))
+    logger.info(
+        "[Chatwoot Webhook] Account created: %s - %s", account["id"], printable(account["name"], 255),
+        extra={"account_id": account["id"], "outcome": "received"},
+    )
     data, status = deliveries.accept_delivery(account["id"], account["name"])
     return ok(data), status
 

@@ -7,19 +7,30 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
-from multibackend.services import health
+from multibackend.errors import register_blueprint_errors
+from multibackend.observability import prometheus_response
+from multibackend.routes.auth import require_operator
+from multibackend.services import health, sync_metrics
 from multibackend.version import NAME, VERSION
 
 SYSTEM_INFO_PATH = "/api/system/info"
 CHATWOOT_FEATURE = "chatwoot-auto-sync"
 
 bp = Blueprint("system", __name__)
+register_blueprint_errors(bp)
 
 
 @bp.get(SYSTEM_INFO_PATH)
 def system_info() -> Response:
     """Name, version, endpoints and features of this service."""
     return jsonify({"success": True, "data": {"name": NAME, "version": VERSION, "endpoints": {"system_info": SYSTEM_INFO_PATH}, "features": []}})
+
+
+@bp.get("/metrics")
+@require_operator
+def prometheus_metrics() -> Response:
+    """Prometheus text format: deliveries by outcome, webhook and lookup latency, companies by status, spool."""
+    return prometheus_response(sync_metrics.companies_by_status()["provisioning"])
 
 
 @bp.get("/livez")

@@ -48,7 +48,10 @@ def spool_delivery(account_id: int, company_name: str) -> bool:
     except redis.RedisError as exc:
         logger.error("[Chatwoot Sync] Error: cannot spool account %s either (%s)", account_id, type(exc).__name__)
         return False
-    logger.warning("[Chatwoot Sync] Database unavailable: account %s spooled for replay", account_id)
+    logger.warning(
+        "[Chatwoot Sync] Database unavailable: account %s spooled for replay", account_id,
+        extra={"account_id": account_id, "outcome": "queued"},
+    )
     return True
 
 

@@ -117,7 +117,10 @@ def provision_account(
         db.session.commit()
     except SQLAlchemyError as exc:
         db.session.rollback()
-        logger.error("[Chatwoot Sync] Error: database error (%s) while creating %s", type(exc).__name__, names.company_id)
+        logger.error(
+            "[Chatwoot Sync] Error: database error (%s) while creating %s", type(exc).__name__, names.company_id,
+            extra={"account_id": account_id, "outcome": "database_error"},
+        )
         raise
     _log_outcome(company, created)
     if redis_step != "unchanged":
@@ -311,10 +314,11 @@ def _set_status(company: Company, status: str, error: str | None) -> None:
 
 
 def _log_outcome(company: Company, created: bool) -> None:
+    extra = {"account_id": company.chatwoot_account_id, "company_id": company.company_id}
     if created:
-        logger.info("[Chatwoot Sync] Company created successfully: %s", company.company_id)
+        logger.info("[Chatwoot Sync] Company created successfully: %s", company.company_id, extra=extra | {"outcome": "created"})
     else:
-        logger.info("[Chatwoot Sync] Company already exists: %s", company.company_id)
+        logger.info("[Chatwoot Sync] Company already exists: %s", company.company_id, extra=extra | {"outcome": "existing"})
 
 
 def _elapsed_ms(started: float) -> float:

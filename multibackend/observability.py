@@ -1,0 +1,110 @@
+"""Prometheus metrics, correct across gunicorn workers (prometheus_client's multiprocess mode)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import redis
+from flask import Flask, Response, g, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client.core import GaugeMetricFamily
+
+from multibackend.extensions import get_redis
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+DELIVERIES = Counter(
+    "chatwoot_webhook_deliveries_total", "account_created deliveries by outcome", ["outcome"]
+)
+WEBHOOK_SECONDS = Histogram(
+    "chatwoot_webhook_duration_seconds", "Time to answer a webhook delivery", buckets=LATENCY_BUCKETS
+)
+LOOKUP_SECONDS = Histogram(
+    "chatwoot_lookup_duration_seconds", "Time to answer a company lookup", ["result"], buckets=LATENCY_BUCKETS
+)
+
+WEBHOOK_ENDPOINT = "chatwoot_webhooks.account_created"
+LOOKUP_ENDPOINT = "chatwoot_webhooks.company"
+
+
+def init_observability(app: Flask) -> None:
+    """Time and count webhook deliveries and lookups on every app this is mounted in."""
+    app.before_request(_start_clock)
+    app.after_request(_observe)
+
+
+def _start_clock() -> None:
+    g.request_started = time.perf_counter()
+
+
+def _observe(response: Response) -> Response:
+    endpoint = request.endpoint
+    if endpoint not in (WEBHOOK_ENDPOINT, LOOKUP_ENDPOINT) or "request_started" not in g:
+        return response
+    elapsed = time.perf_counter() - g.request_started
+    if endpoint == LOOKUP_ENDPOINT:
+        result = "hit" if b'"exists":true' in response.get_data() else "miss" if response.status_code == 200 else "error"
+        LOOKUP_SECONDS.labels(result).observe(elapsed)
+    else:
+        WEBHOOK_SECONDS.observe(elapsed)
+        DELIVERIES.labels(delivery_outcome(response)).inc()
+    return response
+
+
+def delivery_outcome(response: Response) -> str:
+    """created, existing, queued, ignored, or the error code of a refused delivery."""
+    body = response.get_json(silent=True) or {}
+    data = body.get("data") or {}
+    if response.status_code == 202:
+        return "queued"
+    if response.status_code == 200:
+        return "ignored" if data.get("ignored") else "created" if data.get("created") else "existing"
+    return str(body.get("code") or response.status_code)
+
+
+def metrics_text(companies_by_status: dict[str, int]) -> bytes:
+    """The exposition text: this process's (or every worker's) counters plus the state read at scrape time."""
+    registry = CollectorRegistry()
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        multiprocess.MultiProcessCollector(registry, path=directory)
+        text = generate_latest(registry)
+    else:
+        from prometheus_client import REGISTRY
+
+        text = generate_latest(REGISTRY)
+    state = CollectorRegistry()
+    state.register(_StateCollector(companies_by_status, _spool_length()))
+    return text + generate_latest(state)
+
+
+def _spool_length() -> int | None:
+    from multibackend.services import delivery_spool
+
+    client = get_redis()
+    if client is None:
+        return None
+    try:
+        return delivery_spool.spool_length(client)
+    except redis.RedisError:
+        return None
+
+
+class _StateCollector:
+    def __init__(self, companies_by_status: dict[str, int], spool_length: int | None):
+        self.companies_by_status = companies_by_status
+        self.spool_length = spool_length
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        companies = GaugeMetricFamily("chatwoot_companies", "Companies by provisioning status", labels=["provisioning_status"])
+        for status, count in self.companies_by_status.items():
+            companies.add_metric([status], count)
+        yield companies
+        if self.spool_length is not None:
+            yield GaugeMetricFamily("chatwoot_spool_length", "Deliveries waiting in the spool", value=self.spool_length)
+
+
+def prometheus_response(companies_by_status: dict[str, int]) -> Response:
+    return Response(metrics_text(companies_by_status), mimetype=CONTENT_TYPE_LATEST)
+
