@@ -11,6 +11,7 @@ from bench.settings import MISS_MAX, NEW_ACCOUNT_STRIDE, WEBHOOK_SECRET
 
 WEBHOOK_PATH = f"/api/chatwoot/webhooks/account-created?token={WEBHOOK_SECRET}"
 LOOKUP_PATH = "/api/chatwoot/webhooks/company/{id}"
+POLLED_IDS = 1000  # unknown account ids that iframes keep polling
 METRICS_PATH = f"/api/chatwoot/webhooks/metrics?token={WEBHOOK_SECRET}"
 ACCOUNT_BODY = '{"id": {id}, "name": "Bench {id}", "event": "account_created", "users": []}'
 
@@ -71,6 +72,10 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "lookup-miss", "app",
         lambda c: RequestSpec("GET", LOOKUP_PATH, id_mode="random", id_low=c.companies + 1, id_high=MISS_MAX),
+    ),
+    Scenario(  # what polling iframes do: the same few unknown ids again and again
+        "lookup-miss-polled", "app",
+        lambda c: RequestSpec("GET", LOOKUP_PATH, id_mode="random", id_low=c.companies + 1, id_high=c.companies + POLLED_IDS),
     ),
     Scenario("metrics", "app", lambda c: RequestSpec("GET", METRICS_PATH)),
     Scenario(
@@ -133,6 +138,7 @@ def _p99(name: str, limit_ms: float) -> Budget:
 BUDGETS: tuple[Budget, ...] = (
     _throughput("lookup-hit", 0.7),
     _throughput("lookup-miss", 0.7),
+    _throughput("lookup-miss-polled", 0.7),
     _p99("lookup-hit", 10),
     _p99("lookup-miss", 10),
     _throughput("webhook-new", 0.25),

@@ -8,10 +8,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from multibackend.config import DEFAULTS, engine_options, read_settings, sqlalchemy_database_uri
 from multibackend.errors import register_routing_errors
-from multibackend.extensions import db, init_redis
+from multibackend.extensions import db, init_limiter, init_redis
 from multibackend.logging_setup import configure_logging
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,9 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
 
     app = Flask(__name__)
     app.config.update(read_settings(os.environ, overrides))
+    if app.config["TRUSTED_PROXY_COUNT"]:  # behind Railway's (or any) proxy: the client is in X-Forwarded-For
+        count = app.config["TRUSTED_PROXY_COUNT"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count, x_host=count)  # type: ignore[method-assign]
     configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
     app.register_blueprint(system_bp)
     init_app(app)
@@ -52,6 +56,7 @@ def init_app(app: Flask, url_prefix: str = CHATWOOT_WEBHOOKS_URL_PREFIX) -> None
     if "sqlalchemy" not in app.extensions:
         db.init_app(app)
     init_redis(app)
+    init_limiter(app)
     init_chatwoot_source(app)
     if uri.startswith("sqlite:"):
         _create_embedded_tables(app)

@@ -178,3 +178,22 @@ def doctor_command() -> None:
     failed = sum(not check.ok for check in checks)
     click.echo(f"doctor: {len(checks) - failed} of {len(checks)} checks passed")
     sys.exit(1 if failed else 0)
+
+
+@chatwoot_cli.command("embed-url")
+@click.argument("account_id", type=click.IntRange(min=1, max=2**63 - 1))
+@with_appcontext
+def embed_url_command(account_id: int) -> None:
+    """Print the dashboard URL to register in Chatwoot for one account (signed with CHATWOOT_EMBED_SECRET)."""
+    from flask import current_app
+
+    from multibackend.services.webhook_auth import lookup_signature
+
+    config = current_app.config
+    base = (config["PUBLIC_URL"] or "http://localhost:8000").rstrip("/")
+    url = f"{base}/?accountId={account_id}"
+    if config["CHATWOOT_EMBED_SECRET"]:
+        url += f"&sig={lookup_signature(config['CHATWOOT_EMBED_SECRET'], account_id)}"
+    else:
+        click.echo("note: CHATWOOT_EMBED_SECRET is not set, lookups are open and the URL needs no signature", err=True)
+    click.echo(url)

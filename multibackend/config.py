@@ -26,6 +26,10 @@ DEFAULTS: dict[str, Any] = {
     "CHATWOOT_ADMIN_TOKEN": "",
     "CHATWOOT_EMBED_SECRET": "",
     "EMBED_WAIT_SECONDS": 30.0,
+    "RATELIMIT_ENABLED": "true",
+    "RATELIMIT_AUTH_FAILURES": "20 per minute",
+    "RATELIMIT_LOOKUP": "300 per minute",
+    "TRUSTED_PROXY_COUNT": 0,
     "RECONCILE_MAX_ATTEMPTS": 5,
     "RECONCILE_BACKOFF_SECONDS": 30,
     "RECONCILE_BATCH_SIZE": 1000,
@@ -65,6 +69,10 @@ def read_settings(environ: Mapping[str, str], overrides: Mapping[str, Any] | Non
     raw["CHATWOOT_WEBHOOK_SECRETS"] = parse_secrets(raw["CHATWOOT_WEBHOOK_SECRET"])
     raw["LOG_LEVEL"] = str(raw["LOG_LEVEL"]).upper()
     raw["LOG_FORMAT"] = str(raw["LOG_FORMAT"]).lower()
+    raw["RATELIMIT_ENABLED"] = str(raw["RATELIMIT_ENABLED"]).strip().lower() not in ("0", "false", "no", "off")
+    raw["TRUSTED_PROXY_COUNT"] = _positive_number("TRUSTED_PROXY_COUNT", raw["TRUSTED_PROXY_COUNT"], int, allow_zero=True)
+    for key in ("RATELIMIT_AUTH_FAILURES", "RATELIMIT_LOOKUP"):
+        raw[key] = _rate_limit(key, raw[key])
     if raw["LOG_FORMAT"] not in ("text", "json"):
         raise ConfigError(f"LOG_FORMAT must be text or json, got {raw['LOG_FORMAT']!r}")
     return raw
@@ -109,6 +117,17 @@ def engine_options(uri: str, settings: Mapping[str, Any]) -> dict[str, Any]:
             "keepalives_count": 3,
         },
     }
+
+
+def _rate_limit(key: str, value: Any) -> str:
+    """A limit in Flask-Limiter's notation ("20 per minute", "5/second; 100/hour"), checked at start-up."""
+    from limits import parse_many
+
+    try:
+        parse_many(str(value))
+    except ValueError:
+        raise ConfigError(f"{key} must look like '20 per minute', got {value!r}") from None
+    return str(value)
 
 
 def _positive_number(key: str, value: Any, kind: type, allow_zero: bool = False) -> Any:

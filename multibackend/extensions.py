@@ -7,6 +7,8 @@ from typing import Any, TypeVar
 
 import redis
 from flask import Flask, current_app
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
@@ -21,6 +23,7 @@ class Base(DeclarativeBase):
 
 # expire_on_commit=False: what a request committed stays readable without another round trip
 db = SQLAlchemy(model_class=Base, session_options={"expire_on_commit": False})
+limiter = Limiter(key_func=get_remote_address)
 
 REDIS_EXTENSION = "multibackend.redis"
 T = TypeVar("T")
@@ -63,3 +66,20 @@ def once_more_if_disconnected(operation: Callable[[], T]) -> T:
             raise
         db.session.rollback()
         return operation()
+
+
+def init_limiter(app: Flask) -> None:
+    """Rate limits shared by every worker and instance (Redis), or per process when REDIS_URL is not set;
+    a Redis outage never fails a request (limits fall back to process memory)."""
+    config = app.config
+    redis_url = config.get("REDIS_URL") or ""
+    config.setdefault("RATELIMIT_STORAGE_URI", redis_url or "memory://")
+    if redis_url:
+        timeout = config["REDIS_TIMEOUT_SECONDS"]
+        config.setdefault("RATELIMIT_STORAGE_OPTIONS", {"socket_connect_timeout": timeout, "socket_timeout": timeout})
+    config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
+    config.setdefault("RATELIMIT_SWALLOW_ERRORS", True)
+    config.setdefault("RATELIMIT_IN_MEMORY_FALLBACK_ENABLED", True)
+    config.setdefault("RATELIMIT_KEY_PREFIX", "multibackend:ratelimit")
+    config.setdefault("RATELIMIT_STRATEGY", "fixed-window")
+    limiter.init_app(app)

@@ -447,7 +447,7 @@ def seed_earlier_hours(database_url: str) -> None:
                    CASE WHEN failed THEN NULL ELSE 'chatwoot_' || (5000 + 10 * hour + n) END,
                    CASE WHEN failed THEN 'failed' ELSE 'success' END, true, 6 * hour + 20 * n,
                    CASE WHEN failed THEN 'OperationalError: database unreachable' END,
-                   date_trunc('hour', now()) - make_interval(hours => hour, mins => -10 - 20 * n)
+                   date_trunc('hour', now()) - make_interval(hours => hour) + make_interval(mins => 10 + 20 * n)
             FROM generate_series(1, 5) AS hour, generate_series(0, 1) AS n,
                  LATERAL (SELECT hour = 3 AND n = 1) AS f(failed)
             """
@@ -460,7 +460,7 @@ def test_operator_dashboard_shows_cards_chart_and_deliveries(server, page, datab
     requests.post(f"{server.url}{WEBHOOK}?token={SECRET}", data="not json", timeout=10)
     seed_earlier_hours(database_url)
     page.set_viewport_size({"width": 1280, "height": 900})
-    page.clock.install()
+    page.clock.install()  # lets the test jump over the 10 s auto-refresh instead of waiting for it
     data_requests = requests_to(page, "/dashboard/data")
 
     page.goto(f"{server.url}{DASHBOARD_PATH}?token={SECRET}")
@@ -476,7 +476,8 @@ def test_operator_dashboard_shows_cards_chart_and_deliveries(server, page, datab
     assert chart.locator("circle.point").count() == 2 * 6  # average and max for each of the six hours
     assert chart.locator("path.line").count() >= 2
     assert chart.locator("text.axis-label").all_text_contents() == ["Hour (local time)", "Latency (ms)"]
-    assert page.locator("#volume-chart svg rect.bar-failed").count() == 6
+    assert page.locator("#volume-chart svg g.bar").count() == 6
+    assert page.locator("#volume-chart svg rect.bar-failed[height='0']").count() == 5
     expect(page.locator("#recent-errors li")).to_have_count(1)
     expect(page.locator("#recent-errors")).to_contain_text("OperationalError: database unreachable")
     expect(page.locator("#companies-provisioning [data-state=ready] dd")).to_have_text("3")

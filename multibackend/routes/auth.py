@@ -10,6 +10,7 @@ from typing import Any, Callable
 from flask import current_app, request
 
 from multibackend.errors import ApiError
+from multibackend.schemas import BIGINT_MAX
 from multibackend.services import webhook_auth
 
 
@@ -63,3 +64,38 @@ def operator_secrets() -> tuple[str, ...]:
     config = current_app.config
     admin = (config["CHATWOOT_ADMIN_TOKEN"],) if config["CHATWOOT_ADMIN_TOKEN"] else ()
     return tuple(config["CHATWOOT_WEBHOOK_SECRETS"]) + admin
+
+
+def presents_a_secret() -> bool:
+    """The request carries a valid ?token= or Basic password (cheap: no body read), so no rate limit applies."""
+    secrets = current_app.config["CHATWOOT_WEBHOOK_SECRETS"]
+    credentials = replace(credentials_of_request(b""), signature=None)
+    return bool(secrets) and webhook_auth.is_authentic(credentials, secrets, time.time(), 0)
+
+
+def auth_failure_limit() -> str:
+    return current_app.config["RATELIMIT_AUTH_FAILURES"]
+
+
+def lookup_limit() -> str:
+    return current_app.config["RATELIMIT_LOOKUP"]
+
+
+def require_lookup_signature(view: Callable[..., Any]) -> Callable[..., Any]:
+    """With CHATWOOT_EMBED_SECRET set, a lookup needs ?sig=<hex HMAC of the account id> (403 otherwise)."""
+
+    @wraps(view)
+    def signed_view(account_id: str, *args: Any, **kwargs: Any) -> Any:
+        secret = current_app.config["CHATWOOT_EMBED_SECRET"]
+        if secret and not webhook_auth.lookup_signature_valid(secret, account_id_of(account_id), request.args.get("sig")):
+            raise ApiError(403, "invalid_signature", "Invalid lookup signature")
+        return view(account_id, *args, **kwargs)
+
+    return signed_view
+
+
+def account_id_of(text: str) -> int:
+    """A positive integer that fits a bigint, or 400 invalid_account_id."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 19 or not 0 < int(text) <= BIGINT_MAX:
+        raise ApiError(400, "invalid_account_id", "Account id must be a positive integer")
+    return int(text)

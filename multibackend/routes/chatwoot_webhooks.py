@@ -10,8 +10,16 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from multibackend.errors import ApiError, register_blueprint_errors
 from multibackend.logging_setup import printable
-from multibackend.schemas import ACCOUNT_CREATED_EVENT, BIGINT_MAX, account_created_schema, event_of
-from multibackend.routes.auth import require_chatwoot_auth
+from multibackend.schemas import ACCOUNT_CREATED_EVENT, account_created_schema, event_of
+from multibackend.extensions import limiter
+from multibackend.routes.auth import (
+    account_id_of,
+    auth_failure_limit,
+    lookup_limit,
+    presents_a_secret,
+    require_chatwoot_auth,
+    require_lookup_signature,
+)
 from multibackend.routes.chatwoot_pages import pages_bp
 from multibackend.services import company_lookup, deliveries, sync_metrics
 
@@ -32,7 +40,8 @@ def limit_body_size() -> None:
 
 @bp.after_request
 def count_rejected_delivery(response: Response) -> Response:
-    if request.endpoint == WEBHOOK_ENDPOINT and 400 <= response.status_code < 500:
+    # 429s are not written down: a flood must not turn into database writes (Prometheus counts them)
+    if request.endpoint == WEBHOOK_ENDPOINT and 400 <= response.status_code < 500 and response.status_code != 429:
         sync_metrics.record_rejection((response.get_json(silent=True) or {}).get("code", str(response.status_code)))
     return response
 
@@ -56,6 +65,7 @@ def ok(data: dict[str, Any]) -> Response:
 
 
 @bp.post("/account-created")
+@limiter.limit(auth_failure_limit, deduct_when=lambda response: response.status_code == 403, exempt_when=presents_a_secret)
 @require_chatwoot_auth
 def account_created() -> tuple[Response, int] | Response:
     """Create (once) the company for a new Chatwoot account and provision its services."""
@@ -74,9 +84,11 @@ def account_created() -> tuple[Response, int] | Response:
 
 
 @bp.get("/company/<account_id>")
+@limiter.limit(lookup_limit)
+@require_lookup_signature
 def company(account_id: str) -> Response:
     """Look a company up by Chatwoot account id; unknown accounts answer exists: false (the iframe polls)."""
-    data = company_lookup.lookup_answer(parse_account_id(account_id))
+    data = company_lookup.lookup_answer(account_id_of(account_id))
     return Response(b'{"success":true,"data":' + data + b"}", mimetype="application/json")
 
 
@@ -85,10 +97,3 @@ def company(account_id: str) -> Response:
 def metrics() -> Response:
     """Sync totals, success rate, latency and recent errors shared by every worker."""
     return ok(sync_metrics.sync_metrics())
-
-
-def parse_account_id(text: str) -> int:
-    """A positive integer that fits a bigint, or 400 invalid_account_id."""
-    if not (text.isascii() and text.isdigit()) or len(text) > 19 or not 0 < int(text) <= BIGINT_MAX:
-        raise ApiError(400, "invalid_account_id", "Account id must be a positive integer")
-    return int(text)

@@ -74,3 +74,15 @@ def _secret_matches(candidate: str | None, secrets: Sequence[str]) -> bool:
     candidate_bytes = candidate.encode("utf-8", "surrogatepass")
     matches = [hmac.compare_digest(candidate_bytes, secret.encode("utf-8")) for secret in secrets]
     return any(matches)
+
+
+def lookup_signature(secret: str, account_id: int) -> str:
+    """The `sig` of a signed company lookup: hex HMAC-SHA256(secret, "<account id>")."""
+    return hmac.new(secret.encode("utf-8"), str(account_id).encode("ascii"), hashlib.sha256).hexdigest()
+
+
+def lookup_signature_valid(secret: str, account_id: int, signature: str | None) -> bool:
+    """Constant-time check of a lookup's `sig`; anything malformed is simply invalid."""
+    if not isinstance(signature, str) or SIGNATURE_PATTERN.match("sha256=" + signature) is None:
+        return False
+    return hmac.compare_digest(signature.lower().encode("ascii"), lookup_signature(secret, account_id).encode("ascii"))

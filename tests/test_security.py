@@ -1,0 +1,122 @@
+"""Abuse limits (Flask-Limiter on Redis), signed lookups, and what never leaks into answers or logs."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from multibackend.services.webhook_auth import lookup_signature, lookup_signature_valid
+from tests.conftest import WEBHOOK, count_rows, run_command
+
+LOOKUP = "/api/chatwoot/webhooks/company/"
+BODY = {"id": 42, "name": "Acme Corp", "event": "account_created", "users": []}
+
+
+def test_failed_authentication_is_rate_limited_across_workers(make_app, clean_database):
+    settings = {"CHATWOOT_WEBHOOK_SECRET": "s3cret", "RATELIMIT_AUTH_FAILURES": "3 per minute"}
+    first, second = make_app(**settings).test_client(), make_app(**settings).test_client()
+    statuses = [client.post(f"{WEBHOOK}?token=guess{i}", json=BODY).status_code for i, client in enumerate([first, second] * 3)]
+    assert statuses == [403, 403, 403, 429, 429, 429]  # the limit holds across app instances (Redis)
+    limited = first.post(f"{WEBHOOK}?token=guess", json=BODY)
+    assert limited.json == {"success": False, "error": "Too many requests", "code": "rate_limited"}
+    assert int(limited.headers["Retry-After"]) > 0
+    assert first.post(f"{WEBHOOK}?token=s3cret", json=BODY).status_code == 200  # Chatwoot itself is never blocked
+    assert count_rows(clean_database, "companies") == 1
+
+
+def test_valid_deliveries_do_not_count_against_the_limit(make_app, clean_database):
+    client = make_app(CHATWOOT_WEBHOOK_SECRET="s3cret", RATELIMIT_AUTH_FAILURES="2 per minute").test_client()
+    for account_id in range(1, 11):
+        assert client.post(f"{WEBHOOK}?token=s3cret", json=BODY | {"id": account_id}).status_code == 200
+
+
+def test_lookups_are_rate_limited(make_app, clean_database):
+    client = make_app(RATELIMIT_LOOKUP="5 per minute").test_client()
+    statuses = [client.get(LOOKUP + str(account_id)).status_code for account_id in range(1, 9)]
+    assert statuses == [200] * 5 + [429] * 3
+    assert client.get(LOOKUP + "1").json["code"] == "rate_limited"
+
+
+def test_limits_can_be_switched_off(make_app, clean_database):
+    client = make_app(RATELIMIT_LOOKUP="1 per minute", RATELIMIT_ENABLED="false").test_client()
+    assert {client.get(LOOKUP + "1").status_code for _ in range(5)} == {200}
+
+
+def test_limits_work_without_redis(make_app, clean_database):
+    client = make_app(REDIS_URL="", RATELIMIT_LOOKUP="2 per minute").test_client()
+    assert [client.get(LOOKUP + "1").status_code for _ in range(3)] == [200, 200, 429]
+
+
+def test_a_redis_outage_never_fails_a_request(make_app, clean_database):
+    from tests.conftest import free_port
+
+    client = make_app(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", RATELIMIT_LOOKUP="100 per minute").test_client()
+    assert client.get(LOOKUP + "1").status_code == 200
+
+
+@pytest.mark.parametrize("value", ["lots", "20 per fortnight", ""])
+def test_rate_limit_settings_are_checked_at_start_up(value):
+    from multibackend import create_app
+    from multibackend.config import ConfigError
+
+    with pytest.raises(ConfigError):
+        create_app({"RATELIMIT_LOOKUP": value})
+
+
+def test_signed_lookups(make_app, clean_database):
+    app = make_app(CHATWOOT_EMBED_SECRET="embed-secret")
+    client = app.test_client()
+    client.post(WEBHOOK, json=BODY)
+    good = lookup_signature("embed-secret", 42)
+    assert client.get(f"{LOOKUP}42?sig={good}").json["data"]["company_id"] == "chatwoot_42"
+    assert client.get(f"{LOOKUP}42?sig={good.upper()}").status_code == 200
+    for bad in ("", "0" * 64, lookup_signature("embed-secret", 43), lookup_signature("other", 42), good[:-1], good + "0", "zz"):
+        response = client.get(f"{LOOKUP}42?sig={bad}")
+        assert response.status_code == 403
+        assert response.json == {"success": False, "error": "Invalid lookup signature", "code": "invalid_signature"}
+    assert client.get(f"{LOOKUP}42").status_code == 403
+    assert client.get(f"{LOOKUP}abc?sig={good}").status_code == 400
+
+
+def test_lookup_signature_verifier_never_raises():
+    for signature in (None, "", "é" * 64, "\x00" * 64, "a" * 10_000):
+        assert lookup_signature_valid("secret", 1, signature) is False
+
+
+def test_embed_url_command(make_app, clean_database):
+    app = make_app(CHATWOOT_EMBED_SECRET="embed-secret", PUBLIC_URL="https://backend.example/")
+    result = run_command(app, "embed-url", "42")
+    assert result.exit_code == 0
+    assert result.output.strip() == f"https://backend.example/?accountId=42&sig={lookup_signature('embed-secret', 42)}"
+    open_app = make_app()
+    assert run_command(open_app, "embed-url", "42").output.strip().endswith("/?accountId=42")
+    assert run_command(open_app, "embed-url", "0").exit_code != 0
+
+
+def test_unsigned_lookups_stay_open_without_the_setting(client, clean_database):
+    assert client.get(LOOKUP + "42").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["Evil\nCorp [Chatwoot Sync] Company created successfully: chatwoot_1", "A\r\nB", "Line\u2028Separator"],
+)
+def test_user_text_cannot_forge_log_lines(client, clean_database, caplog, name):
+    caplog.set_level(logging.INFO, logger="multibackend")
+    client.post(WEBHOOK, json=BODY | {"name": name})
+    client.post(WEBHOOK, json={"id": 5, "name": "x", "event": name})
+    for record in caplog.records:
+        message = record.getMessage()
+        assert "\n" not in message and "\r" not in message and "\u2028" not in message
+
+
+def test_errors_never_carry_exception_text_or_sql(make_app, clean_database):
+    from tests.conftest import free_port
+
+    client = make_app(DATABASE_URL=f"postgresql://postgres:pw@127.0.0.1:{free_port()}/x", REDIS_URL="").test_client()
+    for response in (client.post(WEBHOOK, json=BODY), client.get(LOOKUP + "42"), client.get("/api/chatwoot/webhooks/metrics")):
+        text = response.get_data(as_text=True)
+        assert response.status_code == 503
+        for leak in ("Traceback", "psycopg", "SELECT", "INSERT", "127.0.0.1", "pw", "OperationalError"):
+            assert leak not in text
