@@ -233,3 +233,8 @@ def namespaces_state(client: redis.Redis) -> dict[str, dict[str, str]]:
     }
     state["registry"] = {index: "1" for index in client.smembers("multibackend:vectorstore:indexes")}
     return state
+
+
+def tenant_data_keys(client: redis.Redis) -> list[str]:
+    """Every Redis key except the rate limiter's counters (which count refused requests by design)."""
+    return [key for key in client.scan_iter() if not key.startswith("multibackend:ratelimit")]

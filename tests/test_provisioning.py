@@ -13,7 +13,7 @@ import pytest
 from multibackend.services.delivery_spool import SPOOL_KEY
 from multibackend.services.tenant_naming import tenant_names
 from multibackend.services.tenant_provisioning import VECTORSTORE_REGISTRY_KEY, tenant_provisioned
-from tests.conftest import WEBHOOK, count_rows, free_port
+from tests.conftest import tenant_data_keys, WEBHOOK, count_rows, free_port
 
 ACCOUNT = {"id": 42, "name": "Acme Corp", "event": "account_created", "users": []}
 
@@ -117,7 +117,7 @@ def test_without_redis_url_the_step_is_reported_skipped(make_app, clean_database
     assert (data["redis"], data["provisioning_status"]) == ("skipped", "ready")
     assert "Redis step skipped" in data["message"]
     assert any("Redis step skipped for chatwoot_42" in r.getMessage() for r in caplog.records)
-    assert redis_client.dbsize() == 0
+    assert tenant_data_keys(redis_client) == []
 
 
 def test_concurrent_duplicates_in_threads_make_one_company(app, clean_database, redis_client):

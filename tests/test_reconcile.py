@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from multibackend.services.delivery_spool import SPOOL_KEY
-from tests.conftest import ROOT, WEBHOOK, companies_state, count_rows, free_port, namespaces_state, run_command
+from tests.conftest import tenant_data_keys, ROOT, WEBHOOK, companies_state, count_rows, free_port, namespaces_state, run_command
 
 
 def test_backfill_rename_and_marks_from_the_chatwoot_database(make_app, clean_database, redis_client, chatwoot_db):
@@ -59,7 +59,7 @@ def test_dry_run_reports_and_writes_nothing(make_app, clean_database, redis_clie
     assert result.exit_code == 0, result.output
     assert "(dry run)" in result.output and "5 would be created" in result.output
     assert count_rows(clean_database, "companies") == 0
-    assert redis_client.dbsize() == 0
+    assert tenant_data_keys(redis_client) == []
 
 
 def test_empty_chatwoot_source_never_marks_everything_deleted(make_app, clean_database, chatwoot_db):

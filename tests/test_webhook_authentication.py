@@ -9,7 +9,7 @@ import time
 import pytest
 
 from multibackend.services.webhook_auth import sign
-from tests.conftest import WEBHOOK, count_rows, payload
+from tests.conftest import tenant_data_keys, WEBHOOK, count_rows, payload
 
 SECRETS = "old-secret,new-secret"
 BODY = payload("account_created.json")
@@ -75,7 +75,7 @@ def test_refused_credentials_write_nothing(secured_client, clean_database, redis
     assert response.json == {"success": False, "error": "Invalid webhook signature", "code": "invalid_signature"}
     assert count_rows(clean_database, "companies") == 0
     assert count_rows(clean_database, "chatwoot_sync_events") == 0
-    assert redis_client.dbsize() == 0
+    assert tenant_data_keys(redis_client) == []
 
 
 def test_body_only_hmac_is_refused_over_http(secured_client, clean_database):

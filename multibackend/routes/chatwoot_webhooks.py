@@ -9,6 +9,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from multibackend.errors import ApiError, register_blueprint_errors
+from multibackend.openapi import build_openapi
 from multibackend.logging_setup import printable
 from multibackend.schemas import ACCOUNT_CREATED_EVENT, account_created_schema, event_of
 from multibackend.extensions import limiter
@@ -97,3 +98,9 @@ def company(account_id: str) -> Response:
 def metrics() -> Response:
     """Sync totals, success rate, latency and recent errors shared by every worker."""
     return ok(sync_metrics.sync_metrics())
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    """The OpenAPI 3 description of every endpoint, generated from the routes and the marshmallow schemas."""
+    return jsonify(build_openapi(current_app))
