@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import hmac
 import json
 import os
 import random
@@ -59,9 +61,10 @@ class Reply:
 class Backend:
     """HTTP access to one deployed backend; the secret travels as ?token= where the API asks for it."""
 
-    def __init__(self, base_url: str, secret: str | None, timeout: float):
+    def __init__(self, base_url: str, secret: str | None, timeout: float, embed_secret: str | None = None):
         self.base_url = base_url.rstrip("/")
         self.secret = secret
+        self.embed_secret = embed_secret
         self.timeout = timeout
         self.session = requests.Session()
         self.session.headers["User-Agent"] = USER_AGENT
@@ -71,6 +74,14 @@ class Backend:
 
     def __exit__(self, *exc_info: object) -> None:
         self.session.close()
+
+    def company_path(self, account_id: int) -> str:
+        """The lookup's path, signed with ?sig= when the backend has signed lookups (CHATWOOT_EMBED_SECRET)."""
+        path = f"{WEBHOOKS_PATH}/company/{account_id}"
+        if not self.embed_secret:
+            return path
+        signature = hmac.new(self.embed_secret.encode(), str(account_id).encode(), hashlib.sha256).hexdigest()
+        return f"{path}?sig={signature}"
 
     def get(self, path: str, token: str | None = None) -> Reply:
         """GET path, with ?token= when a token is given."""
@@ -229,7 +240,7 @@ class Suite:
 
     def check_lookup(self) -> bool:
         """The company lookup finds the test account with the names the webhook gave."""
-        reply = self.backend.get(f"{WEBHOOKS_PATH}/company/{self.account_id}")
+        reply = self.backend.get(self.backend.company_path(self.account_id))
         data, reason = success_data(reply)
         if data is not None:
             status = data.get("provisioning_status")
@@ -253,7 +264,7 @@ class Suite:
     def check_unknown_lookup(self) -> bool:
         """The lookup of an account that does not exist answers exists: false."""
         unknown_id = random.randint(*UNKNOWN_ACCOUNT_IDS)
-        reply = self.backend.get(f"{WEBHOOKS_PATH}/company/{unknown_id}")
+        reply = self.backend.get(self.backend.company_path(unknown_id))
         data, reason = success_data(reply)
         if data is not None and data.get("exists") is not False:
             reason = f"exists is not false for unknown account {unknown_id}: {compact(data)}"
@@ -456,6 +467,7 @@ def run_suite(
     out: TextIO | None = None,
     *,
     name: str | None = None,
+    embed_secret: str | None = None,
 ) -> bool:
     """Run the full smoke test against base_url, printing to out (default sys.stdout); True when every check passed."""
     out = out if out is not None else sys.stdout
@@ -463,8 +475,8 @@ def run_suite(
     expect_new = account_id is None
     account_id = account_id if account_id is not None else random.randint(*TEST_ACCOUNT_IDS)
     name = name or f"Smoke Test {account_id}"
-    with Backend(base_url, secret, timeout) as backend:
-        report = Report(out, [secret], timeout * 1000)
+    with Backend(base_url, secret, timeout, embed_secret) as backend:
+        report = Report(out, [secret, embed_secret], timeout * 1000)
         authentication = "with a secret" if secret else "without a secret"
         target = display_url(backend.base_url)
         report.say(f"Chatwoot webhook smoke test of {target}: account {account_id} ({name}), {authentication}")
@@ -532,6 +544,11 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         "comma-separated list; prefer the variable, arguments show up in the process list)",
     )
     parser.add_argument(
+        "--embed-secret",
+        default=os.environ.get("CHATWOOT_EMBED_SECRET") or None,
+        help="signs lookups with ?sig= when the backend has signed lookups (default: $CHATWOOT_EMBED_SECRET)",
+    )
+    parser.add_argument(
         "--timeout",
         type=positive_float,
         default=DEFAULT_TIMEOUT_SECONDS,
@@ -556,13 +573,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.reconfigure(errors="replace")
     secret = first_secret(args.secret)
     if args.get is not None or args.metrics:
-        with Backend(args.url, secret, args.timeout) as backend:
+        with Backend(args.url, secret, args.timeout, args.embed_secret) as backend:
             if args.metrics:
                 reply = backend.get(METRICS_PATH, secret)
             else:
-                reply = backend.get(f"{WEBHOOKS_PATH}/company/{args.get}")
+                reply = backend.get(backend.company_path(args.get))
         return print_answer(reply, sys.stdout, sys.stderr, secret)
-    return 0 if run_suite(args.url, secret, args.account_id, args.timeout, name=args.name) else 1
+    return 0 if run_suite(args.url, secret, args.account_id, args.timeout, name=args.name, embed_secret=args.embed_secret) else 1
 
 
 if __name__ == "__main__":

@@ -95,3 +95,20 @@ def test_json_logs(database_url, redis_url, tmp_path):
     access = next(r for r in records if r.get("logger") == "gunicorn.access" and "account-created" in r["request"])
     assert "token=***" in access["request"] and access["status"] == "200"
     assert LIVE_SECRET not in server.log_path.read_text()
+
+
+def test_smoke_script_signs_lookups_when_the_backend_wants_it(database_url, redis_url, tmp_path, capsys):
+    import test_chatwoot_webhook
+    from tests.conftest import LiveServer
+
+    server = LiveServer(
+        {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "CHATWOOT_WEBHOOK_SECRET": LIVE_SECRET,
+         "CHATWOOT_EMBED_SECRET": "embed-live", "WEB_CONCURRENCY": "1"},
+        tmp_path / "signed.log",
+    )
+    try:
+        assert test_chatwoot_webhook.run_suite(server.url, LIVE_SECRET, embed_secret="embed-live") is True
+        assert test_chatwoot_webhook.run_suite(server.url, LIVE_SECRET) is False  # unsigned lookups are refused
+    finally:
+        server.stop()
+    assert "embed-live" not in capsys.readouterr().out
