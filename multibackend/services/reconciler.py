@@ -170,7 +170,8 @@ def _apply_accounts(batch: list[ChatwootAccount], summary: ReconcileSummary, dry
 
 def _follow_account(company: Company, account: ChatwootAccount, summary: ReconcileSummary) -> None:
     if company.company_name != account.name:
-        logger.info("[Chatwoot Sync] Renamed %s: %r -> %r", company.company_id, company.company_name, account.name)
+        verb = "Would rename" if summary.dry_run else "Renamed"
+        logger.info("[Chatwoot Sync] %s %s: %r -> %r", verb, company.company_id, company.company_name, account.name)
         company.company_name = account.name
         company.updated_at = utcnow()
         summary.renamed += 1
@@ -179,7 +180,8 @@ def _follow_account(company: Company, account: ChatwootAccount, summary: Reconci
 
 
 def _mark(company: Company, status: str, summary: ReconcileSummary) -> None:
-    logger.info("[Chatwoot Sync] Marked %s: Chatwoot account is %s", company.company_id, status)
+    verb = "Would mark" if summary.dry_run else "Marked"
+    logger.info("[Chatwoot Sync] %s %s: Chatwoot account is %s", verb, company.company_id, status)
     company.chatwoot_status = status
     company.updated_at = utcnow()
     summary.marked += 1

@@ -6,7 +6,7 @@ import logging
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import bindparam, func, insert, select
 
 from multibackend.extensions import conflict_aware_insert, db
 from multibackend.logging_setup import printable
@@ -67,19 +67,40 @@ def record_rejection(code: str) -> None:
         logger.warning("[Chatwoot Webhook] Could not count a rejected delivery (%s)", type(exc).__name__)
 
 
+TOTALS = select(SyncTotals.__table__).where(SyncTotals.id == 1)
+TAIL = select(
+    func.count(),
+    func.count().filter(SyncEvent.outcome == "success"),
+    func.sum(SyncEvent.latency_ms),
+    func.max(SyncEvent.created_at),
+).where(SyncEvent.id > bindparam("after"))
+REJECTED = select(func.coalesce(func.sum(WebhookRejection.count), 0))
+RECENT_ERRORS = (
+    select(SyncEvent.created_at, SyncEvent.chatwoot_account_id, SyncEvent.error)
+    .where(SyncEvent.error.is_not(None))
+    .order_by(SyncEvent.created_at.desc(), SyncEvent.id.desc())
+    .limit(RECENT_ERRORS_LIMIT)
+)
+
+
 def sync_metrics() -> dict[str, Any]:
     """Totals, success rate, average latency, last sync and the latest errors, across all workers.
 
-    Cost does not grow with history: running totals plus the few events recorded since they were folded."""
-    totals = db.session.get(SyncTotals, 1) or SyncTotals(through_event_id=0, total_syncs=0, success_count=0, latency_sum_ms=0.0)
-    tail_count, tail_success, tail_latency, tail_last = _tail_since(totals.through_event_id)
+    Cost does not grow with history: running totals plus the few events recorded since they were folded,
+    read on one connection without a transaction to open or close."""
+    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        totals = connection.execute(TOTALS).first()
+        tail_count, tail_success, tail_latency, tail_last = connection.execute(
+            TAIL, {"after": totals.through_event_id if totals else 0}
+        ).one()
+        rejected = connection.execute(REJECTED).scalar_one()
+        errors = connection.execute(RECENT_ERRORS).all()
     if tail_count > FOLD_THRESHOLD:
         fold_sync_totals()
-    total = totals.total_syncs + tail_count
-    success_count = totals.success_count + tail_success
-    latency_sum = totals.latency_sum_ms + float(tail_latency or 0.0)
-    rejected = db.session.execute(select(func.coalesce(func.sum(WebhookRejection.count), 0))).scalar_one()
-    last_syncs = [moment for moment in (_as_utc(totals.last_sync), _as_utc(tail_last)) if moment is not None]
+    total = (totals.total_syncs if totals else 0) + tail_count
+    success_count = (totals.success_count if totals else 0) + tail_success
+    latency_sum = (totals.latency_sum_ms if totals else 0.0) + float(tail_latency or 0.0)
+    last_syncs = [moment for moment in (_as_utc(totals.last_sync if totals else None), _as_utc(tail_last)) if moment]
     return {
         "total_syncs": total,
         "success_count": success_count,
@@ -88,21 +109,11 @@ def sync_metrics() -> dict[str, Any]:
         "success_rate": round(100.0 * success_count / total, 2) if total else None,
         "avg_latency_ms": round(latency_sum / total, 2) if total else None,
         "last_sync": iso_utc(max(last_syncs)) if last_syncs else None,
-        "recent_errors": recent_errors(),
+        "recent_errors": [
+            {"time": iso_utc(created_at), "account_id": account_id, "error": printable(error or "")}
+            for created_at, account_id, error in errors
+        ],
     }
-
-
-def _tail_since(event_id: int) -> tuple[int, int, float | None, Any]:
-    """Count, successes, latency sum and newest time of the events after event_id (an index range scan)."""
-    count, success, latency, last = db.session.execute(
-        select(
-            func.count(),
-            func.count().filter(SyncEvent.outcome == "success"),
-            func.sum(SyncEvent.latency_ms),
-            func.max(SyncEvent.created_at),
-        ).where(SyncEvent.id > event_id)
-    ).one()
-    return int(count), int(success), latency, last
 
 
 def fold_sync_totals() -> int:
@@ -152,21 +163,6 @@ def _as_utc(moment: Any) -> datetime | None:
     if isinstance(moment, str):
         moment = datetime.fromisoformat(moment)
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
-
-def recent_errors(limit: int = RECENT_ERRORS_LIMIT) -> list[dict[str, Any]]:
-    """The latest syncs that failed or left provisioning unfinished, newest first."""
-    rows = db.session.scalars(
-        select(SyncEvent)
-        .where(SyncEvent.error.is_not(None))
-        .order_by(SyncEvent.created_at.desc(), SyncEvent.id.desc())
-        .limit(limit)
-    )
-    return [
-        {"time": iso_utc(row.created_at), "account_id": row.chatwoot_account_id, "error": printable(row.error or "")}
-        for row in rows
-    ]
-
 
 
 def hour_bucket(column: Any) -> Any:
