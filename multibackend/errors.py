@@ -59,6 +59,8 @@ def from_http_exception(exc: HTTPException) -> ApiError:
     status = exc.code or 500
     code, message = HTTP_ERROR_CODES.get(status, ("http_error", exc.name))
     headers = {"Allow": ", ".join(exc.valid_methods)} if getattr(exc, "valid_methods", None) else {}
+    if status == 429 and hasattr(exc, "limit"):  # Flask-Limiter: the window's length bounds the wait
+        headers["Retry-After"] = str(exc.limit.limit.get_expiry())
     return ApiError(status, code, message, headers=headers)
 
 

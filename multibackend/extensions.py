@@ -77,7 +77,8 @@ def init_limiter(app: Flask) -> None:
     if redis_url:
         timeout = config["REDIS_TIMEOUT_SECONDS"]
         config.setdefault("RATELIMIT_STORAGE_OPTIONS", {"socket_connect_timeout": timeout, "socket_timeout": timeout})
-    config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
+    # no X-RateLimit-* headers: each costs a Redis round trip on every request; 429s carry Retry-After anyway
+    config.setdefault("RATELIMIT_HEADERS_ENABLED", False)
     config.setdefault("RATELIMIT_SWALLOW_ERRORS", True)
     config.setdefault("RATELIMIT_IN_MEMORY_FALLBACK_ENABLED", True)
     config.setdefault("RATELIMIT_KEY_PREFIX", "multibackend:ratelimit")
