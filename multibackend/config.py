@@ -115,6 +115,8 @@ def engine_options(uri: str, settings: Mapping[str, Any]) -> dict[str, Any]:
             "keepalives_idle": 10,
             "keepalives_interval": 5,
             "keepalives_count": 3,
+            # a partitioned network would otherwise hold a pooled connection's request for minutes
+            "tcp_user_timeout": 3000,
         },
     }
 

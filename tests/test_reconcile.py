@@ -122,7 +122,7 @@ def test_spooled_deliveries_are_replayed_idempotently(make_app, clean_database, 
     assert set(companies_state(clean_database)) == {"chatwoot_1", "chatwoot_2"}
     assert redis_client.llen(SPOOL_KEY) == 0
     metrics = app.test_client().get("/api/chatwoot/webhooks/metrics").json["data"]
-    assert metrics["total_syncs"] == 4
+    assert metrics["total_syncs"] == 3  # the direct delivery, and one sync per spooled account
 
 
 def test_spool_stays_when_the_database_is_still_down(make_app, clean_database, redis_client):
@@ -223,3 +223,54 @@ def test_watch_mode_runs_until_sigterm(database_url, redis_url, clean_database):
 def test_procfile_has_a_reconcile_worker():
     lines = dict(line.split(":", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line.strip())
     assert "chatwoot reconcile --watch --interval" in lines["worker"]
+
+
+def test_companies_created_while_the_listing_ran_are_never_marked_gone(make_app, clean_database, chatwoot_db):
+    chatwoot_db.add_accounts([(1, "One")])
+    app = make_app(CHATWOOT_DATABASE_URL=chatwoot_db.url)
+    client = app.test_client()
+    for account_id in (1, 2, 3):
+        client.post(WEBHOOK, json={"id": account_id, "name": f"Account {account_id}"})
+    with psycopg.connect(clean_database) as connection:  # 2 existed before; 3 "signed up" after the listing began
+        connection.execute("UPDATE companies SET created_at = now() - interval '1 hour' WHERE chatwoot_account_id IN ('1', '2')")
+        connection.execute("UPDATE companies SET created_at = now() + interval '1 minute' WHERE chatwoot_account_id = '3'")
+    assert run_command(app, "reconcile").exit_code == 0
+    state = companies_state(clean_database)
+    assert (state["chatwoot_2"][2], state["chatwoot_3"][2]) == ("deleted", "active")
+
+
+def test_a_delivery_that_cannot_be_replayed_goes_to_dead_letters_and_the_rest_go_on(make_app, clean_database, redis_client):
+    with psycopg.connect(clean_database) as connection:  # an older row that holds chatwoot_7 for another account
+        connection.execute(
+            "INSERT INTO companies (company_id, company_name, chatwoot_account_id, redis_prefix, vectorstore_index)"
+            " VALUES ('chatwoot_7', 'Old', '77', 'chatwoot_7:', 'chatwoot_7_documents')"
+        )
+    for raw in ('{"id": 7, "name": "Seven"}', '"5"', '{"id": 8, "name": "Eight"}'):
+        redis_client.lpush(SPOOL_KEY, raw)
+    result = run_command(make_app(), "reconcile")
+    assert "1 replayed" in result.output and "Traceback" not in result.output
+    assert "chatwoot_8" in companies_state(clean_database)
+    assert sorted(redis_client.lrange(SPOOL_KEY + ":dead", 0, -1)) == ['"5"', '{"id": 7, "name": "Seven"}']
+    assert redis_client.llen(SPOOL_KEY) == 0
+
+
+def test_a_company_without_an_account_id_does_not_stop_the_worker(make_app, clean_database, redis_client):
+    with psycopg.connect(clean_database) as connection:
+        connection.execute(
+            "INSERT INTO companies (company_id, company_name, chatwoot_account_id, redis_prefix, vectorstore_index, provisioning_status)"
+            " VALUES ('acme_internal', 'Internal', NULL, 'acme_internal:', 'acme_internal_documents', 'pending')"
+        )
+    result = run_command(make_app(), "reconcile")
+    assert result.exit_code == 0, result.output
+    assert redis_client.hget("acme_internal:tenant", "company_name") == "Internal"
+
+
+def test_a_spooled_delivery_is_found_by_the_lookup_once_postgres_is_back(make_app, clean_database, redis_client):
+    down = make_app(DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere").test_client()
+    assert down.post(WEBHOOK, json={"id": 31, "name": "Spooled Co"}).status_code == 202
+    app = make_app()
+    data = app.test_client().get("/api/chatwoot/webhooks/company/31").json["data"]
+    assert (data["exists"], data["company_name"]) == (True, "Spooled Co")  # not after the worker's next run: now
+    result = run_command(app, "reconcile")
+    assert "1 replayed" in result.output
+    assert count_rows(clean_database, "chatwoot_sync_events") == 1  # one delivery, one sync

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from multibackend.extensions import once_more_if_disconnected
-from multibackend.services import lookup_cache, self_heal
+import redis
+
+from multibackend.extensions import get_redis, once_more_if_disconnected
+from multibackend.services import delivery_spool, lookup_cache, self_heal, tenant_provisioning
+from multibackend.services.tenant_provisioning import CompanySnapshot
 
 
 def lookup_answer(account_id: int) -> bytes:
@@ -11,5 +14,32 @@ def lookup_answer(account_id: int) -> bytes:
     cached = lookup_cache.cached_answer(account_id)
     if cached is not None:
         return cached
-    found = once_more_if_disconnected(lambda: self_heal.lookup_company(account_id))
+    found = once_more_if_disconnected(lambda: find_or_finish(account_id))
     return lookup_cache.remember_lookup(account_id, {"exists": True, **found.as_dict()} if found else None)
+
+
+def find_or_finish(account_id: int) -> CompanySnapshot | None:
+    """The company; else the one a spooled delivery promised (202) now that PostgreSQL is back; else the one
+    Chatwoot has (self-healing)."""
+    return (
+        tenant_provisioning.find_company(account_id)
+        or finish_spooled_delivery(account_id)
+        or self_heal.heal_missing_company(account_id)
+    )
+
+
+def finish_spooled_delivery(account_id: int) -> CompanySnapshot | None:
+    """Provision a delivery that was answered 202 (spooled) right away instead of waiting for the worker."""
+    client = get_redis()
+    try:
+        name = delivery_spool.spooled_name(client, account_id) if client is not None else None
+    except redis.RedisError:
+        return None
+    if name is None:
+        return None
+    tenant_provisioning.provision_account(account_id, name)
+    try:
+        delivery_spool.forget_pending(client, account_id)
+    except redis.RedisError:
+        pass  # the replay will find the company already there
+    return tenant_provisioning.find_company(account_id)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from sqlalchemy.exc import SQLAlchemyError
 
 from multibackend.clock import iso_utc, utcnow
 from multibackend.extensions import get_redis
@@ -18,6 +19,8 @@ logger = logging.getLogger(__name__)
 SPOOL_KEY = "multibackend:spool:account_created"
 IN_FLIGHT_KEY = f"{SPOOL_KEY}:in_flight"
 DEAD_LETTER_KEY = f"{SPOOL_KEY}:dead"
+#: account id -> name of every spooled delivery not yet provisioned, so a lookup can finish it at once
+PENDING_ACCOUNTS_KEY = f"{SPOOL_KEY}:accounts"
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,7 @@ class SpooledDelivery:
     @classmethod
     def decode(cls, raw: str) -> SpooledDelivery:
         data = json.loads(raw)
-        if not isinstance(data.get("id"), int) or not isinstance(data.get("name"), str):
+        if not isinstance(data, dict) or not isinstance(data.get("id"), int) or not isinstance(data.get("name"), str):
             raise ValueError("not a spooled delivery")
         return cls(data["id"], data["name"], str(data.get("received_at", "")))
 
@@ -44,7 +47,10 @@ def spool_delivery(account_id: int, company_name: str) -> bool:
         return False
     delivery = SpooledDelivery(account_id, company_name, iso_utc(utcnow()) or "")
     try:
-        client.lpush(SPOOL_KEY, delivery.encode())
+        pipeline = client.pipeline(transaction=True)
+        pipeline.lpush(SPOOL_KEY, delivery.encode())
+        pipeline.hset(PENDING_ACCOUNTS_KEY, str(account_id), company_name)
+        pipeline.execute()
     except redis.RedisError as exc:
         logger.error("[Chatwoot Sync] Error: cannot spool account %s either (%s)", account_id, type(exc).__name__)
         return False
@@ -60,26 +66,36 @@ def spool_length(client: redis.Redis) -> int:
     return int(client.llen(SPOOL_KEY)) + int(client.llen(IN_FLIGHT_KEY))
 
 
+def spooled_name(client: redis.Redis, account_id: int) -> str | None:
+    """The name of a spooled, not yet provisioned delivery for this account, or None."""
+    return client.hget(PENDING_ACCOUNTS_KEY, str(account_id))
+
+
+def forget_pending(client: redis.Redis, account_id: int) -> bool:
+    """The account's spooled delivery is provisioned; True if this call was the one to record that."""
+    return bool(client.hdel(PENDING_ACCOUNTS_KEY, str(account_id)))
+
+
 def replay_spool(client: redis.Redis, handle: Callable[[SpooledDelivery], Any]) -> tuple[int, int]:
     """Replay every spooled delivery through handle, oldest first; returns (replayed, failed).
 
-    A delivery leaves the spool only once handled; when handle raises, it goes back and the replay stops, so a
-    database that is still down leaves everything queued. Runs under the reconciler's lock (one replayer)."""
+    A delivery leaves the spool only once handled. When the database or Redis fails it goes back and the replay
+    stops, so a database that is still down leaves everything queued; a delivery that fails for any other
+    reason goes to the dead-letter list (logged) and the others go on. Runs under the reconciler's lock."""
     while client.lmove(IN_FLIGHT_KEY, SPOOL_KEY, "RIGHT", "RIGHT") is not None:
         pass  # a replay that crashed left these in flight: they are due again
     replayed = 0
     while (raw := client.lmove(SPOOL_KEY, IN_FLIGHT_KEY, "RIGHT", "LEFT")) is not None:
         try:
-            delivery = SpooledDelivery.decode(raw)
-        except (ValueError, TypeError):
+            handle(SpooledDelivery.decode(raw))
+        except (SQLAlchemyError, redis.RedisError):
+            client.lmove(IN_FLIGHT_KEY, SPOOL_KEY, "LEFT", "RIGHT")
+            return replayed, 1
+        except Exception:
+            logger.exception("[Chatwoot Sync] Error: spooled delivery could not be replayed, kept in %s", DEAD_LETTER_KEY)
             client.lpush(DEAD_LETTER_KEY, raw)
             client.lrem(IN_FLIGHT_KEY, 1, raw)
             continue
-        try:
-            handle(delivery)
-        except Exception:
-            client.lmove(IN_FLIGHT_KEY, SPOOL_KEY, "LEFT", "RIGHT")
-            return replayed, 1
         client.lrem(IN_FLIGHT_KEY, 1, raw)
         replayed += 1
     return replayed, 0

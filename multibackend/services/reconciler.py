@@ -8,6 +8,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import ContextManager
 
 import redis
@@ -20,7 +21,6 @@ from multibackend.extensions import db, get_redis
 from multibackend.models import Company
 from multibackend.services import delivery_spool, tenant_provisioning
 from multibackend.services.chatwoot_source import ChatwootAccount, ChatwootSource, SourceError, chatwoot_source
-from multibackend.services.tenant_naming import tenant_names
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +91,10 @@ def _run_step(step: Callable[[ReconcileSummary, bool, Progress], None], summary:
         summary.problem(f"{step.__name__}: database unavailable ({type(exc).__name__})")
     except redis.RedisError as exc:
         summary.problem(f"{step.__name__}: Redis unavailable ({type(exc).__name__})")
+    except Exception as exc:  # a bad row must not stop the worker: report it, the next steps still run
+        db.session.rollback()
+        logger.exception("[Chatwoot Sync] Error: %s failed", step.__name__)
+        summary.problem(f"{step.__name__}: {type(exc).__name__} (see the log)")
 
 
 @contextlib.contextmanager
@@ -118,7 +122,9 @@ def replay_spool(summary: ReconcileSummary, dry_run: bool, progress: Progress) -
         return
 
     def handle(delivery: delivery_spool.SpooledDelivery) -> None:
-        tenant_provisioning.provision_account(delivery.account_id, delivery.company_name)
+        pending = delivery_spool.spooled_name(client, delivery.account_id) is not None
+        tenant_provisioning.provision_account(delivery.account_id, delivery.company_name, record_sync=pending)
+        delivery_spool.forget_pending(client, delivery.account_id)
 
     replayed, failed = delivery_spool.replay_spool(client, handle)
     summary.replayed += replayed
@@ -133,6 +139,7 @@ def sync_with_chatwoot(summary: ReconcileSummary, dry_run: bool, progress: Progr
     if source is None:
         return
     seen: set[int] = set()
+    listing_started = utcnow()  # companies created after this may be missing from the listing: never "gone"
     try:
         with progress("Chatwoot accounts", source.count()) as advance:
             for batch in source.accounts(current_app.config["RECONCILE_BATCH_SIZE"]):
@@ -142,7 +149,7 @@ def sync_with_chatwoot(summary: ReconcileSummary, dry_run: bool, progress: Progr
     except SourceError as exc:
         summary.problem(f"{source.description} could not be read: {exc}")
         return
-    _mark_gone_accounts(source, seen, summary, dry_run)
+    _mark_gone_accounts(source, seen, listing_started, summary, dry_run)
 
 
 def _apply_accounts(batch: list[ChatwootAccount], summary: ReconcileSummary, dry_run: bool) -> None:
@@ -187,9 +194,11 @@ def _mark(company: Company, status: str, summary: ReconcileSummary) -> None:
     summary.marked += 1
 
 
-def _mark_gone_accounts(source: ChatwootSource, seen: set[int], summary: ReconcileSummary, dry_run: bool) -> None:
+def _mark_gone_accounts(
+    source: ChatwootSource, seen: set[int], listed_at: datetime, summary: ReconcileSummary, dry_run: bool
+) -> None:
     """Companies whose account Chatwoot no longer has are marked deleted (never removed)."""
-    candidates = [company for company in _companies_not_deleted() if _account_number(company) not in seen]
+    candidates = [company for company in _companies_not_deleted(listed_at) if _account_number(company) not in seen]
     if candidates and not seen:
         summary.problem(f"{source.description} lists no accounts at all: not marking {len(candidates)} companies deleted")
         return
@@ -205,14 +214,19 @@ def _mark_gone_accounts(source: ChatwootSource, seen: set[int], summary: Reconci
         db.session.commit()
 
 
-def _companies_not_deleted() -> Iterator[Company]:
+def _companies_not_deleted(created_before: datetime) -> Iterator[Company]:
     last_id = 0
     batch_size = current_app.config["RECONCILE_BATCH_SIZE"]
     while True:
         batch = list(
             db.session.scalars(
                 select(Company)
-                .where(Company.id > last_id, Company.chatwoot_status != "deleted", Company.chatwoot_account_id.is_not(None))
+                .where(
+                    Company.id > last_id,
+                    Company.chatwoot_status != "deleted",
+                    Company.chatwoot_account_id.is_not(None),
+                    Company.created_at < created_before,
+                )
                 .order_by(Company.id)
                 .limit(batch_size)
             )
@@ -324,7 +338,7 @@ def _ready_companies_after(last_id: int) -> list[Company]:
 def _stale_namespaces(client: redis.Redis, companies: list[Company]) -> list[Company]:
     pipeline = client.pipeline(transaction=False)
     for company in companies:
-        pipeline.hmget(tenant_names(company.chatwoot_account_id or "").redis_tenant_key, "company_name", "chatwoot_status")
+        pipeline.hmget(tenant_provisioning.tenant_key_of(company), "company_name", "chatwoot_status")
     pipeline.smismember(tenant_provisioning.VECTORSTORE_REGISTRY_KEY, [c.vectorstore_index for c in companies])
     *stored, registered = pipeline.execute()
     return [

@@ -21,15 +21,11 @@ logger = logging.getLogger(__name__)
 
 ABSENT_KEY = "multibackend:self_heal:absent:{}"
 LOCAL_ABSENT_LIMIT = 10_000
+UNANSWERED_TTL_SECONDS = 5
 
 _source_calls = ThreadPoolExecutor(max_workers=4, thread_name_prefix="self-heal")
 _local_absent: dict[int, float] = {}
 _local_lock = threading.Lock()
-
-
-def lookup_company(account_id: int) -> CompanySnapshot | None:
-    """The company of the account; when missing here but present in Chatwoot, it is provisioned first."""
-    return tenant_provisioning.find_company(account_id) or heal_missing_company(account_id)
 
 
 def heal_missing_company(account_id: int) -> CompanySnapshot | None:
@@ -42,9 +38,10 @@ def heal_missing_company(account_id: int) -> CompanySnapshot | None:
         account = _source_calls.submit(source.find, account_id, timeout).result(timeout=timeout)
     except (FutureTimeout, SourceError) as exc:
         logger.warning("[Chatwoot Sync] Self-heal of account %s: Chatwoot did not answer (%s)", account_id, type(exc).__name__)
-        account = None
+        _remember_absent(account_id, UNANSWERED_TTL_SECONDS)  # ask again soon, but do not hammer a struggling Chatwoot
+        return None
     if account is None:
-        _remember_absent(account_id)
+        _remember_absent(account_id, current_app.config["SELF_HEAL_NEGATIVE_TTL_SECONDS"])
         return None
     tenant_provisioning.provision_account(account.id, account.name, chatwoot_status=account.status, record_sync=False)
     logger.warning("[Chatwoot Sync] Self-healed chatwoot_%s: the account exists in Chatwoot, its webhook never arrived", account_id)
@@ -62,9 +59,8 @@ def _recently_absent(account_id: int) -> bool:
         return _local_absent.get(account_id, 0.0) > time.monotonic()
 
 
-def _remember_absent(account_id: int) -> None:
+def _remember_absent(account_id: int, ttl: int) -> None:
     """Cache the negative answer briefly so polling iframes cannot hammer Chatwoot."""
-    ttl = current_app.config["SELF_HEAL_NEGATIVE_TTL_SECONDS"]
     client = get_redis()
     if client is not None:
         try:

@@ -14,7 +14,12 @@ class TenantNames:
     @property
     def redis_tenant_key(self) -> str:
         """The hash that holds the tenant's data inside its namespace."""
-        return f"{self.redis_prefix}tenant"
+        return tenant_key(self.redis_prefix)
+
+
+def tenant_key(redis_prefix: str) -> str:
+    """The tenant hash inside a namespace."""
+    return f"{redis_prefix}tenant"
 
 
 def tenant_names(account_id: int | str) -> TenantNames:

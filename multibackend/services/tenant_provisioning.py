@@ -19,7 +19,7 @@ from multibackend.extensions import conflict_aware_insert, db, get_redis
 from multibackend.models import Company
 from multibackend.clock import iso_utc, utcnow
 from multibackend.services import lookup_cache, sync_metrics
-from multibackend.services.tenant_naming import tenant_names
+from multibackend.services.tenant_naming import tenant_key, tenant_names
 
 logger = logging.getLogger(__name__)
 
@@ -244,9 +244,8 @@ def provision_services(companies: Sequence[Company]) -> str:
 
 def write_tenant_namespace(pipeline: Any, company: Company) -> None:
     """Queue on a Redis pipeline: create or refresh `<prefix>tenant` and register the index name; idempotent."""
-    names = tenant_names(company.chatwoot_account_id or "")
     pipeline.hset(
-        names.redis_tenant_key,
+        tenant_key_of(company),
         mapping={
             "company_id": company.company_id,
             "company_name": company.company_name,
@@ -257,6 +256,11 @@ def write_tenant_namespace(pipeline: Any, company: Company) -> None:
         },
     )
     pipeline.sadd(VECTORSTORE_REGISTRY_KEY, company.vectorstore_index)
+
+
+def tenant_key_of(company: Any) -> str:
+    """The company's tenant hash, from its stored prefix (older rows may have no numeric account id)."""
+    return tenant_key(company.redis_prefix)
 
 
 def announce_ready(companies: Sequence[Company]) -> list[Company]:
