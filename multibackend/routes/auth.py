@@ -48,8 +48,7 @@ def require_operator(view: Callable[..., Any]) -> Callable[..., Any]:
     @wraps(view)
     def operator_view(*args: Any, **kwargs: Any) -> Any:
         accepted = operator_secrets()
-        unsigned = replace(credentials_of_request(b""), signature=None)
-        if accepted and not webhook_auth.is_authentic(unsigned, accepted, time.time(), 0):
+        if accepted and not carries_secret(accepted):
             raise ApiError(
                 401, "unauthorized", "Authentication required",
                 headers={"WWW-Authenticate": 'Basic realm="multibackend operators", charset="UTF-8"'},
@@ -66,11 +65,16 @@ def operator_secrets() -> tuple[str, ...]:
     return tuple(config["CHATWOOT_WEBHOOK_SECRETS"]) + admin
 
 
+def carries_secret(secrets: tuple[str, ...]) -> bool:
+    """The request's ?token= or Basic password is one of these secrets (cheap: the body is not read)."""
+    unsigned = replace(credentials_of_request(b""), signature=None)
+    return webhook_auth.is_authentic(unsigned, secrets, time.time(), 0)
+
+
 def presents_a_secret() -> bool:
-    """The request carries a valid ?token= or Basic password (cheap: no body read), so no rate limit applies."""
+    """A valid webhook ?token= or Basic password: no rate limit applies (Chatwoot itself is never blocked)."""
     secrets = current_app.config["CHATWOOT_WEBHOOK_SECRETS"]
-    credentials = replace(credentials_of_request(b""), signature=None)
-    return bool(secrets) and webhook_auth.is_authentic(credentials, secrets, time.time(), 0)
+    return bool(secrets) and carries_secret(secrets)
 
 
 def auth_failure_limit() -> str:

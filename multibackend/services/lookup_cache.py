@@ -76,10 +76,9 @@ def forget_all() -> None:
     client = get_redis()
     if client is None:
         return
-    for pattern in (ANSWER_KEY.format("*"),):
-        keys = list(client.scan_iter(pattern, count=1000))
-        for start in range(0, len(keys), 1000):
-            client.delete(*keys[start : start + 1000])
+    keys = list(client.scan_iter(ANSWER_KEY.format("*"), count=1000))
+    for start in range(0, len(keys), 1000):
+        client.delete(*keys[start : start + 1000])
 
 
 def encode(data: dict[str, Any]) -> bytes:
