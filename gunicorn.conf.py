@@ -1,20 +1,21 @@
 """Production gunicorn settings (Procfile `web:`): $PORT, $WEB_CONCURRENCY workers, masked access log on stdout."""
 
 import glob
-import multiprocessing
 import os
 import tempfile
 
-bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
-workers = int(os.environ.get("WEB_CONCURRENCY") or min(2 * multiprocessing.cpu_count() + 1, 9))
+from multibackend.config import read_setting
+
+bind = f"0.0.0.0:{read_setting(os.environ, 'PORT')}"
+workers = read_setting(os.environ, "WEB_CONCURRENCY")
 worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+threads = read_setting(os.environ, "GUNICORN_THREADS")
 timeout = 30
 graceful_timeout = 20
 keepalive = 5
 accesslog = "-"
 errorlog = "-"
-loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+loglevel = read_setting(os.environ, "LOG_LEVEL").lower()
 logger_class = "multibackend.logging_setup.MaskingGunicornLogger"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms "%(a)s"'
 # gunicorn's control socket lives at one fixed path per user; several servers on a host would fight over it.
@@ -34,7 +35,7 @@ def child_exit(server, worker):  # noqa: ANN001 (gunicorn hook)
     multiprocess.mark_process_dead(worker.pid)
 
 # LOG_FORMAT=json: gunicorn's own lines (start-up, access) are JSON objects too, one per line.
-if os.environ.get("LOG_FORMAT", "").lower() == "json":
+if read_setting(os.environ, "LOG_FORMAT") == "json":
     logconfig_dict = {
         "version": 1,
         "disable_existing_loggers": False,

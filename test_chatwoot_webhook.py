@@ -343,12 +343,14 @@ class Suite:
         return None
 
     def auth_hint(self, reply: Reply) -> str | None:
-        """For a 403 invalid_signature: the reason plus what the operator should check."""
-        if reply.status != 403 or error_code(reply) != "invalid_signature":
+        """For a refused secret (403 invalid_signature on the webhook, 401 unauthorized on the metrics): the reason
+        plus what the operator should check."""
+        refusal = {403: "invalid_signature", 401: "unauthorized"}.get(reply.status)
+        if refusal is None or error_code(reply) != refusal:
             return None
         if self.backend.secret:
-            return "403 invalid_signature: the backend does not accept this secret"
-        return "403 invalid_signature: the backend requires a secret (--secret or CHATWOOT_WEBHOOK_SECRET)"
+            return f"{reply.status} {refusal}: the backend does not accept this secret"
+        return f"{reply.status} {refusal}: the backend requires a secret (--secret or CHATWOOT_WEBHOOK_SECRET)"
 
 
 def success_data(reply: Reply) -> tuple[dict[str, Any] | None, str | None]:

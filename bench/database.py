@@ -82,7 +82,21 @@ def load_dataset(url: str, companies: int, events: int) -> float:
             load.result()
     with psycopg.connect(url, autocommit=True) as connection:
         connection.execute("VACUUM (ANALYZE) companies, chatwoot_sync_events")
+    fold_history(url)
     return time.perf_counter() - started
+
+
+def fold_history(url: str) -> int:
+    """Fold the loaded history into the running totals, as the deployed worker's reconcile would have."""
+    from multibackend import create_app
+    from multibackend.extensions import db
+    from multibackend.services.sync_metrics import fold_sync_totals
+
+    app = create_app({"DATABASE_URL": url, "REDIS_URL": "", "DATABASE_STATEMENT_TIMEOUT_MS": 600_000})
+    with app.app_context():
+        folded = fold_sync_totals()
+        db.engine.dispose()
+    return folded
 
 
 def _execute(url: str, sql: str, parameters: dict[str, int]) -> None:

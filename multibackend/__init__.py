@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from multibackend.config import DEFAULTS, engine_options, read_settings, sqlalchemy_database_uri
+from multibackend.config import engine_options, load_settings, sqlalchemy_database_uri
 from multibackend.errors import register_routing_errors
 from multibackend.extensions import db, init_limiter, init_redis
 from multibackend.logging_setup import configure_logging
@@ -26,7 +25,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     from multibackend.routes.system import bp as system_bp
 
     app = Flask(__name__)
-    app.config.update(read_settings(os.environ, overrides))
+    load_settings(app, overrides)
     if app.config["TRUSTED_PROXY_COUNT"]:  # behind Railway's (or any) proxy: the client is in X-Forwarded-For
         count = app.config["TRUSTED_PROXY_COUNT"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count, x_host=count)  # type: ignore[method-assign]
@@ -41,13 +40,12 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
 def init_app(app: Flask, url_prefix: str = CHATWOOT_WEBHOOKS_URL_PREFIX) -> None:
     """Mount the Chatwoot auto-sync on an app (ours or a host's): config, database, Redis, blueprint, CLI."""
     from multibackend.cli import chatwoot_cli
-    from multibackend.observability import init_observability
     from multibackend.routes.chatwoot_webhooks import bp as webhooks_bp
-    from multibackend.routes.system import add_chatwoot_entries
+    from multibackend.routes.system import include_chatwoot_info
     from multibackend.services.chatwoot_source import init_chatwoot_source
+    from multibackend.services.companies import attach_write_path
 
-    configured = {key: app.config[key] for key in DEFAULTS if key in app.config}
-    app.config.update(read_settings(os.environ, configured))
+    load_settings(app)
     app.config["CHATWOOT_WEBHOOKS_URL_PREFIX"] = url_prefix
     uri = app.config.setdefault(
         "SQLALCHEMY_DATABASE_URI", sqlalchemy_database_uri(app.config["DATABASE_URL"], app.instance_path)
@@ -55,14 +53,14 @@ def init_app(app: Flask, url_prefix: str = CHATWOOT_WEBHOOKS_URL_PREFIX) -> None
     app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", engine_options(uri, app.config))
     if "sqlalchemy" not in app.extensions:
         db.init_app(app)
+    attach_write_path(db.session)
     init_redis(app)
     init_limiter(app)
     init_chatwoot_source(app)
     if uri.startswith("sqlite:"):
         _create_embedded_tables(app)
     app.register_blueprint(webhooks_bp, url_prefix=url_prefix)
-    app.after_request(add_chatwoot_entries)
-    init_observability(app)
+    include_chatwoot_info(app)  # the host's GET /api/system/info view, if it has one by now
     app.cli.add_command(chatwoot_cli)
     register_routing_errors(app, (url_prefix,))
     if not app.config["CHATWOOT_WEBHOOK_SECRETS"]:
@@ -70,6 +68,14 @@ def init_app(app: Flask, url_prefix: str = CHATWOOT_WEBHOOKS_URL_PREFIX) -> None
             "[Chatwoot Webhook] CHATWOOT_WEBHOOK_SECRET is not set: webhook deliveries are accepted without "
             "authentication. Set it and add ?token=<secret> to the URL configured in Chatwoot."
         )
+
+
+def with_chatwoot_info(view: Any) -> Any:
+    """Decorator for a host's system-info view registered after init_app: its JSON gains the auto-sync's entries."""
+    # imported on use: gunicorn.conf.py imports this package before it sets Prometheus' multiprocess directory
+    from multibackend.routes.system import with_chatwoot_info as decorate
+
+    return decorate(view)
 
 
 def _create_embedded_tables(app: Flask) -> None:

@@ -16,6 +16,7 @@ from sqlalchemy import event, inspect, text
 from sqlalchemy.schema import CreateColumn
 
 from multibackend.extensions import db
+from multibackend.services.companies import company_write
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "postgresql_schema.sql"
 CLI_STATEMENT_TIMEOUT_MS = 120_000
@@ -38,7 +39,8 @@ def apply_schema() -> str:
     """Bring the database's tables up to the models; idempotent. Returns what was done, for operators."""
     engine = db.engine
     if engine.dialect.name == "postgresql":
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        with company_write() as write, engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            write.changes_schema()  # the upgrade fills columns of older rows: cached answers are dropped after it
             connection.exec_driver_sql("SET statement_timeout = 0")
             try:
                 connection.exec_driver_sql(SCHEMA_FILE.read_text(encoding="utf-8"))
@@ -145,14 +147,12 @@ def _stop_on_signals() -> list[int]:
 @with_appcontext
 def dedupe_command(dry_run: bool) -> None:
     """Keep the newest company of each Chatwoot account, remove the others, then add the UNIQUE constraint."""
-    from multibackend.services import dedupe, lookup_cache
+    from multibackend.services import dedupe
 
     if db.engine.dialect.name != "postgresql":
         raise click.ClickException("dedupe works on PostgreSQL (the embedded SQLite database always had the constraint)")
     allow_long_statements()
     rows = dedupe.duplicate_rows() if dry_run else dedupe.remove_duplicates_and_constrain()
-    if rows and not dry_run:
-        lookup_cache.forget_all()
     verb = "would remove" if dry_run else "removed"
     for row in rows:
         click.echo(f"  {verb} id={row.id} {row.company_id} (account {row.chatwoot_account_id}, created {row.created_at})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Flask, Response, jsonify, request
@@ -64,16 +65,22 @@ def from_http_exception(exc: HTTPException) -> ApiError:
     return ApiError(status, code, message, headers=headers)
 
 
-def register_blueprint_errors(bp: Blueprint) -> None:
-    """JSON for everything a view of this blueprint can raise; never str(exception) to the caller."""
-    bp.register_error_handler(ApiError, error_response)
-    bp.register_error_handler(HTTPException, lambda exc: error_response(from_http_exception(exc)))
+def register_blueprint_errors(bp: Blueprint, record: Callable[[ApiError], None] | None = None) -> None:
+    """JSON for everything a view of this blueprint can raise; never str(exception) to the caller. `record`, when
+    given, sees each error once, as it becomes the answer: where the outcomes of failed requests are counted."""
+
+    def answer(error: ApiError) -> tuple[Response, int, dict[str, str]]:
+        if record is not None:
+            record(error)
+        return error_response(error)
+
+    bp.register_error_handler(ApiError, answer)
+    bp.register_error_handler(HTTPException, lambda exc: answer(from_http_exception(exc)))
     bp.register_error_handler(
-        ValidationError,
-        lambda exc: error_response(ApiError(422, "invalid_payload", "Invalid payload", details=exc.messages)),
+        ValidationError, lambda exc: answer(ApiError(422, "invalid_payload", "Invalid payload", details=exc.messages))
     )
-    bp.register_error_handler(SQLAlchemyError, _database_error)
-    bp.register_error_handler(Exception, _unexpected_error)
+    bp.register_error_handler(SQLAlchemyError, lambda exc: answer(_database_error(exc)))
+    bp.register_error_handler(Exception, lambda exc: answer(_unexpected_error(exc)))
 
 
 def register_routing_errors(app: Flask, prefixes: tuple[str, ...]) -> None:
@@ -87,11 +94,11 @@ def register_routing_errors(app: Flask, prefixes: tuple[str, ...]) -> None:
     app.register_error_handler(HTTPException, handle)
 
 
-def _database_error(exc: SQLAlchemyError) -> tuple[Response, int, dict[str, str]]:
+def _database_error(exc: SQLAlchemyError) -> ApiError:
     logger.error("[Chatwoot Webhook] Database error on %s: %s", request.path, type(exc).__name__)
-    return error_response(service_unavailable("The database"))
+    return service_unavailable("The database")
 
 
-def _unexpected_error(exc: Exception) -> tuple[Response, int, dict[str, str]]:
+def _unexpected_error(exc: Exception) -> ApiError:
     logger.exception("[Chatwoot Webhook] Unexpected error on %s", request.path)
-    return error_response(ApiError(500, "internal_error", "Internal server error"))
+    return ApiError(500, "internal_error", "Internal server error")

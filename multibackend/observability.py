@@ -6,7 +6,7 @@ import os
 import time
 
 import redis
-from flask import Flask, Response, g, request
+from flask import Response, g
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 
@@ -24,43 +24,32 @@ LOOKUP_SECONDS = Histogram(
     "chatwoot_lookup_duration_seconds", "Time to answer a company lookup", ["result"], buckets=LATENCY_BUCKETS
 )
 
-WEBHOOK_ENDPOINT = "chatwoot_webhooks.account_created"
-LOOKUP_ENDPOINT = "chatwoot_webhooks.company"
+
+def start_clock() -> None:
+    """Blueprint before_request: the moment the request reached our views, for the duration histograms."""
+    g.chatwoot_request_started = time.perf_counter()
 
 
-def init_observability(app: Flask) -> None:
-    """Time and count webhook deliveries and lookups on every app this is mounted in."""
-    app.before_request(_start_clock)
-    app.after_request(_observe)
-
-
-def _start_clock() -> None:
-    g.request_started = time.perf_counter()
-
-
-def _observe(response: Response) -> Response:
-    endpoint = request.endpoint
-    if endpoint not in (WEBHOOK_ENDPOINT, LOOKUP_ENDPOINT) or "request_started" not in g:
-        return response
-    elapsed = time.perf_counter() - g.request_started
-    if endpoint == LOOKUP_ENDPOINT:
-        result = "hit" if b'"exists":true' in response.get_data() else "miss" if response.status_code == 200 else "error"
-        LOOKUP_SECONDS.labels(result).observe(elapsed)
-    else:
+def record_delivery(outcome: str) -> None:
+    """Count one webhook delivery under its outcome (created, existing, queued, ignored, or the error code of a
+    refusal) and observe how long its answer took."""
+    DELIVERIES.labels(outcome).inc()
+    elapsed = _elapsed()
+    if elapsed is not None:
         WEBHOOK_SECONDS.observe(elapsed)
-        DELIVERIES.labels(delivery_outcome(response)).inc()
-    return response
 
 
-def delivery_outcome(response: Response) -> str:
-    """created, existing, queued, ignored, or the error code of a refused delivery."""
-    body = response.get_json(silent=True) or {}
-    data = body.get("data") or {}
-    if response.status_code == 202:
-        return "queued"
-    if response.status_code == 200:
-        return "ignored" if data.get("ignored") else "created" if data.get("created") else "existing"
-    return str(body.get("code") or response.status_code)
+def record_lookup(result: str) -> None:
+    """Observe how long one company lookup took, by result: hit (exists: true), miss (exists: false) or error."""
+    elapsed = _elapsed()
+    if elapsed is not None:
+        LOOKUP_SECONDS.labels(result).observe(elapsed)
+
+
+def _elapsed() -> float | None:
+    """Seconds since start_clock (None when a hook of the app refused the request before it ran)."""
+    started = g.get("chatwoot_request_started")
+    return None if started is None else time.perf_counter() - started
 
 
 def metrics_text(companies_by_status: dict[str, int]) -> bytes:

@@ -1,11 +1,16 @@
-"""Marshmallow schemas for what Chatwoot sends us; unknown fields are ignored (Chatwoot adds some over time)."""
+"""Marshmallow schemas: what Chatwoot sends us (unknown fields are ignored: Chatwoot adds some over time), and
+every answer we give, which views dump through them and the OpenAPI description documents from them."""
 
 from __future__ import annotations
 
 import unicodedata
-from typing import Any
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_dump, validate
+
+if TYPE_CHECKING:
+    from multibackend.models import CompanySnapshot
 
 BIGINT_MAX = 2**63 - 1
 COMPANY_NAME_MAX_LENGTH = 255
@@ -80,7 +85,7 @@ def event_of(payload: Any) -> Any:
 __all__ = ["ACCOUNT_CREATED_EVENT", "AccountCreatedSchema", "ValidationError", "account_created_schema"]
 
 
-# --- What we answer (documented in the OpenAPI description; tests check answers against it) ---------------
+# --- What we answer: views dump through these, the OpenAPI description documents them, tests check both ----
 
 ERROR_CODES = (
     "invalid_json", "invalid_payload", "invalid_signature", "invalid_account_id", "payload_too_large",
@@ -88,6 +93,9 @@ ERROR_CODES = (
     "unauthorized", "not_ready", "internal_error", "bad_request", "http_error",
 )
 PROVISIONING_STATES = ("ready", "pending", "failed")
+CHATWOOT_STATES = ("active", "suspended", "deletion_pending", "deleted")
+IGNORED_MESSAGE = "Only account_created is processed here"
+QUEUED_MESSAGE = "Database unavailable: the delivery is spooled and will be replayed by the reconciler"
 
 
 class ErrorSchema(BaseSchema):
@@ -98,17 +106,44 @@ class ErrorSchema(BaseSchema):
 
 
 class WebhookDataSchema(BaseSchema):
+    """The `data` of a webhook answer, dumped from a delivery outcome of services.deliveries (Provisioned, Queued
+    or Ignored, told apart by their `outcome`); keys that do not apply to the outcome are left out."""
+
     company_id = fields.String(metadata={"example": "chatwoot_42"})
     company_name = fields.String()
     redis_prefix = fields.String(metadata={"example": "chatwoot_42:"})
     vectorstore_index = fields.String(metadata={"example": "chatwoot_42_documents"})
-    message = fields.String()
+    message = fields.Method("message_of", metadata={"type": "string", "description": "Human-readable summary"})
     created = fields.Boolean(metadata={"description": "true the first time, false on every repeat"})
     provisioning_status = fields.String(validate=validate.OneOf((*PROVISIONING_STATES, "queued")))
     redis = fields.String(validate=validate.OneOf(("ready", "skipped", "failed", "unchanged")))
     queued = fields.Boolean(metadata={"description": "202: kept in the spool until PostgreSQL takes it"})
     ignored = fields.Boolean(metadata={"description": "an event other than account_created: nothing written"})
     event = fields.String()
+
+    @pre_dump
+    def values_of(self, delivery: Any, **kwargs: Any) -> dict[str, Any]:
+        """The answer's values for one outcome: created/existing (a company), queued (its future names) or ignored."""
+        if delivery.outcome == "ignored":
+            return {"ignored": True, "event": delivery.event}
+        if delivery.outcome == "queued":
+            names = asdict(delivery.names)
+            return {"queued": True, **names, "company_name": delivery.company_name, "created": False, "provisioning_status": "queued"}
+        result = delivery.result
+        return {**result.company.as_dict(), "created": result.created, "redis": result.redis}
+
+    def message_of(self, values: dict[str, Any]) -> str:
+        """What happened, in words, from the answer's own values."""
+        if values.get("ignored"):
+            return IGNORED_MESSAGE
+        if values.get("queued"):
+            return QUEUED_MESSAGE
+        message = "Company created and provisioned" if values["created"] else "Company already exists"
+        if values["redis"] == "skipped":
+            message += "; Redis step skipped (REDIS_URL is not set)"
+        if values["provisioning_status"] != "ready":
+            message += "; provisioning is pending and will be retried"
+        return message
 
 
 class WebhookResponseSchema(BaseSchema):
@@ -117,15 +152,20 @@ class WebhookResponseSchema(BaseSchema):
 
 
 class CompanyLookupDataSchema(BaseSchema):
-    exists = fields.Boolean(required=True)
+    """The lookup's `data`, dumped from a CompanySnapshot; None (an unknown account) dumps as {"exists": false}."""
+
+    exists = fields.Method("exists_of", required=True, metadata={"type": "boolean"})
     company_id = fields.String()
     company_name = fields.String()
     chatwoot_account_id = fields.String()
     redis_prefix = fields.String()
     vectorstore_index = fields.String()
     provisioning_status = fields.String(validate=validate.OneOf(PROVISIONING_STATES))
-    chatwoot_status = fields.String(validate=validate.OneOf(("active", "suspended", "deletion_pending", "deleted")))
+    chatwoot_status = fields.String(validate=validate.OneOf(CHATWOOT_STATES))
     created_at = fields.String(metadata={"format": "date-time"})
+
+    def exists_of(self, company: CompanySnapshot | None) -> bool:
+        return company is not None
 
 
 class CompanyLookupResponseSchema(BaseSchema):
@@ -155,6 +195,58 @@ class MetricsResponseSchema(BaseSchema):
     data = fields.Nested(MetricsDataSchema, required=True)
 
 
+class LatencyHourSchema(BaseSchema):
+    hour = fields.String(required=True, metadata={"format": "date-time"})
+    deliveries = fields.Integer(required=True)
+    failed = fields.Integer(required=True)
+    avg_latency_ms = fields.Float(required=True)
+    max_latency_ms = fields.Float(required=True)
+
+
+class RecentDeliverySchema(BaseSchema):
+    time = fields.String(required=True, metadata={"format": "date-time"})
+    account_id = fields.String(required=True)
+    company_id = fields.String(required=True, allow_none=True)
+    outcome = fields.String(required=True)
+    created = fields.Boolean(required=True)
+    latency_ms = fields.Float(required=True)
+    error = fields.String(required=True, allow_none=True)
+
+
+class CompaniesByStateSchema(BaseSchema):
+    provisioning = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
+    chatwoot = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
+
+
+class DashboardDataSchema(BaseSchema):
+    metrics = fields.Nested(MetricsDataSchema, required=True)
+    latency_series = fields.List(fields.Nested(LatencyHourSchema), required=True)
+    companies = fields.Nested(CompaniesByStateSchema, required=True)
+    recent_deliveries = fields.List(fields.Nested(RecentDeliverySchema), required=True)
+
+
+class DashboardDataResponseSchema(BaseSchema):
+    success = fields.Boolean(required=True)
+    data = fields.Nested(DashboardDataSchema, required=True)
+
+
 class AnyDataResponseSchema(BaseSchema):
     success = fields.Boolean(required=True)
     data = fields.Dict(required=True)
+
+
+webhook_response_schema = WebhookResponseSchema()
+company_lookup_data_schema = CompanyLookupDataSchema()
+metrics_response_schema = MetricsResponseSchema()
+dashboard_data_response_schema = DashboardDataResponseSchema()
+
+
+def lookup_data(company: CompanySnapshot | None) -> dict[str, Any]:
+    """The lookup's `data` for a company ({"exists": false} for None): the one place that builds it, for the
+    lookup's answer and for the cached answer the write path publishes."""
+    return company_lookup_data_schema.dump(company)
+
+
+def success_answer(schema: Schema, data: Any) -> dict[str, Any]:
+    """{success: true, data} dumped through a response schema (the shape the OpenAPI description shows)."""
+    return schema.dump({"success": True, "data": data})

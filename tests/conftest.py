@@ -25,6 +25,7 @@ from sqlalchemy.engine import make_url
 from multibackend import create_app
 from multibackend.cli import apply_schema
 from multibackend.extensions import db
+from tests.helpers import CompanyWriteWatch
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "chatwoot"
@@ -61,6 +62,14 @@ def database_url() -> Iterator[str]:
     yield url
     with psycopg.connect(admin, autocommit=True) as admin_connection:
         admin_connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(autouse=True)
+def company_write_watch() -> Iterator[CompanyWriteWatch]:
+    """Fail any test during which our code wrote `companies` outside the one write path."""
+    with CompanyWriteWatch() as watch:
+        yield watch
+    assert not watch.violations, f"companies written outside company_write(): {watch.violations}"
 
 
 @pytest.fixture(scope="session")

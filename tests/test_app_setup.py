@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
 
 import pytest
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 
-from multibackend import create_app, init_app
+from multibackend import create_app, init_app, with_chatwoot_info
 from multibackend.config import ConfigError, read_settings, sqlalchemy_database_uri
 from multibackend.extensions import db
 from tests.conftest import ROOT, WEBHOOK, count_rows
@@ -116,6 +117,61 @@ def test_host_app_gets_the_blueprint_and_its_info_entries(clean_database, redis_
     assert client.get("/api/nothing-here").status_code == 404
     assert client.get("/api/nothing-here").content_type.startswith("text/html")  # the host's own pages stay
     assert client.get("/api/chatwoot/webhooks/nothing").json["code"] == "not_found"
+    with host.app_context():
+        db.engine.dispose()
+
+
+def test_host_info_view_registered_later_opts_in_with_the_decorator(clean_database, redis_url):
+    host = Flask("host_registers_later")
+    host.config.update(DATABASE_URL=clean_database, REDIS_URL=redis_url, CHATWOOT_WEBHOOK_SECRET="s")
+    init_app(host)
+
+    @host.get(INFO)
+    @with_chatwoot_info
+    def host_info():
+        return {"success": True, "data": {"name": "host", "features": ["rag"]}}
+
+    @host.get("/api/plain-info")
+    def plain_info():  # registered after init_app without the decorator: left alone
+        return {"name": "host", "features": ["rag"]}
+
+    client = host.test_client()
+    info = client.get(INFO).json["data"]
+    assert info["features"] == ["rag", "chatwoot-auto-sync"]
+    assert info["endpoints"] == {"chatwoot_webhooks": "/api/chatwoot/webhooks"}
+    assert info["chatwoot_webhook_authentication"]["enabled"] is True
+    assert client.get("/api/plain-info").json == {"name": "host", "features": ["rag"]}
+    with host.app_context():
+        db.engine.dispose()
+
+
+def test_other_answers_of_the_host_are_not_touched(clean_database, redis_url, caplog):
+    host = Flask("host_with_other_json")
+    host.config.update(DATABASE_URL=clean_database, REDIS_URL=redis_url)
+    body = {"name": "host", "endpoints": {"chat": "/api/chat"}, "features": ["rag"]}
+
+    @host.get(INFO)
+    def host_info():
+        return jsonify(body) if request.args.get("ok") else (jsonify(body), 503)
+
+    @host.get("/api/chat")
+    def chat():  # the same shape as an info answer, at another path
+        return jsonify(body)
+
+    @host.post(INFO)
+    def post_info():
+        return jsonify(body)
+
+    caplog.set_level(logging.DEBUG, logger="multibackend")
+    init_app(host)
+    init_app_wrapped = host.view_functions["host_info"]
+    assert any("now includes the Chatwoot auto-sync entries" in record.getMessage() for record in caplog.records)
+    client = host.test_client()
+    assert client.get("/api/chat").json == body
+    assert client.post(INFO).json == body
+    assert client.get(INFO).json == body  # an error answer (503) passes untouched
+    assert client.get(INFO + "?ok=1").json["features"] == ["rag", "chatwoot-auto-sync"]
+    assert with_chatwoot_info(init_app_wrapped) is init_app_wrapped  # never wrapped twice
     with host.app_context():
         db.engine.dispose()
 

@@ -7,7 +7,8 @@ from datetime import datetime, timedelta, timezone
 import psycopg
 import pytest
 
-from tests.conftest import WEBHOOK, free_port
+from multibackend.services import sync_metrics
+from tests.conftest import WEBHOOK, free_port, run_command
 
 LOOKUP = "/api/chatwoot/webhooks/company/"
 METRICS = "/api/chatwoot/webhooks/metrics"
@@ -161,14 +162,32 @@ def test_lookup_without_redis_reads_postgres_every_time(make_app, clean_database
     assert client.get(LOOKUP + "42").json["data"]["exists"] is True
 
 
-def test_metrics_fold_history_into_running_totals(client, clean_database):
+def totals_row(database_url):
+    with psycopg.connect(database_url) as connection:
+        return connection.execute("SELECT through_event_id, total_syncs FROM chatwoot_sync_totals").fetchone()
+
+
+def fold(app):
+    with app.app_context():
+        return sync_metrics.fold_sync_totals()
+
+
+def test_reading_metrics_never_writes(client, clean_database):
+    old = datetime.now(timezone.utc) - timedelta(days=2)
+    insert_events(clean_database, [(str(i), None, "success", True, 1.0, None, old) for i in range(1, 1502)])
+    assert client.get(METRICS).json["data"]["total_syncs"] == 1501
+    assert totals_row(clean_database) is None
+
+
+def test_the_reconciler_folds_history_into_running_totals(app, client, clean_database):
     old = datetime.now(timezone.utc) - timedelta(days=2)
     rows = [(str(i), f"chatwoot_{i}", "success" if i % 4 else "failed", True, float(i % 7), None if i % 4 else "boom", old + timedelta(seconds=i)) for i in range(1, 1502)]
     insert_events(clean_database, rows)
-    first = client.get(METRICS).json["data"]  # more than 1,000 unfolded events: this request folds them
-    with psycopg.connect(clean_database) as connection:
-        through, total = connection.execute("SELECT through_event_id, total_syncs FROM chatwoot_sync_totals").fetchone()
-    assert (through, total) == (1501, 1501)
+    before = client.get(METRICS).json["data"]
+    assert run_command(app, "reconcile").exit_code == 0
+    assert totals_row(clean_database) == (1501, 1501)
+    first = client.get(METRICS).json["data"]
+    assert first == before
     insert_events(clean_database, [("9", "chatwoot_9", "failed", False, 100.0, "late error", datetime.now(timezone.utc))])
     second = client.get(METRICS).json["data"]
     assert first["total_syncs"] == 1501 and second["total_syncs"] == 1502
@@ -179,9 +198,38 @@ def test_metrics_fold_history_into_running_totals(client, clean_database):
     assert first["last_sync"] == (old + timedelta(seconds=1501)).isoformat().replace("+00:00", "Z")
 
 
-def test_recent_events_are_not_folded_until_settled(client, clean_database):
+def test_recent_events_are_not_folded_until_settled(app, client, clean_database):
     now = datetime.now(timezone.utc)
     insert_events(clean_database, [(str(i), None, "success", True, 1.0, None, now) for i in range(1200)])
+    assert fold(app) == 0
     assert client.get(METRICS).json["data"]["total_syncs"] == 1200
-    with psycopg.connect(clean_database) as connection:
-        assert connection.execute("SELECT count(*) FROM chatwoot_sync_totals WHERE through_event_id > 0").fetchone()[0] == 0
+
+
+def prometheus_sample(name, **labels):
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_prometheus_counts_each_outcome_once(make_app, clean_database):
+    """Outcomes are recorded where they happen: the view (created, existing, ignored, hit, miss) and the error
+    handler (the refusal's code, a lookup error)."""
+    client = make_app().test_client()
+    deliveries = {outcome: prometheus_sample("chatwoot_webhook_deliveries_total", outcome=outcome)
+                  for outcome in ("created", "existing", "ignored", "invalid_json", "invalid_payload")}
+    lookups = {result: prometheus_sample("chatwoot_lookup_duration_seconds_count", result=result) for result in ("hit", "miss", "error")}
+    timed = prometheus_sample("chatwoot_webhook_duration_seconds_count")
+    client.post(WEBHOOK, json={"id": 42, "name": "Acme Corp"})
+    client.post(WEBHOOK, json={"id": 42, "name": "Acme Corp"})
+    client.post(WEBHOOK, json={"id": 5, "name": "Ann", "event": "contact_created"})
+    client.post(WEBHOOK, data=b"{nope", content_type="application/json")
+    client.post(WEBHOOK, json={"id": "x", "name": "Acme"})
+    client.get(LOOKUP + "42")
+    client.get(LOOKUP + "43")
+    client.get(LOOKUP + "abc")
+    client.get(METRICS)  # neither a delivery nor a lookup
+    assert {outcome: prometheus_sample("chatwoot_webhook_deliveries_total", outcome=outcome) - before
+            for outcome, before in deliveries.items()} == dict.fromkeys(deliveries, 1.0)
+    assert {result: prometheus_sample("chatwoot_lookup_duration_seconds_count", result=result) - before
+            for result, before in lookups.items()} == dict.fromkeys(lookups, 1.0)
+    assert prometheus_sample("chatwoot_webhook_duration_seconds_count") - timed == 5

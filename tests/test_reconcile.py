@@ -169,7 +169,7 @@ def test_pending_companies_retry_with_backoff_then_give_up(make_app, clean_datab
 
 
 def test_backoff_delays_the_next_attempt(make_app, clean_database):
-    from multibackend.services.tenant_provisioning import retry_delay
+    from multibackend.models.company import retry_delay
 
     assert [retry_delay(n, 30) for n in (1, 2, 3, 4, 10)] == [0, 30, 60, 120, 3600]
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"

@@ -139,6 +139,24 @@ def test_rejections_are_counted(secured_client, clean_database):
     assert metrics["total_syncs"] == 0
 
 
+METRICS = "/api/chatwoot/webhooks/metrics"
+
+
 def test_metrics_need_the_secret_when_one_is_set(secured_client, clean_database):
-    assert secured_client.get("/api/chatwoot/webhooks/metrics").status_code == 403
-    assert secured_client.get("/api/chatwoot/webhooks/metrics", headers=basic("ops", "old-secret")).status_code == 200
+    refused = secured_client.get(METRICS)
+    assert refused.status_code == 401
+    assert refused.json == {"success": False, "error": "Authentication required", "code": "unauthorized"}
+    assert refused.headers["WWW-Authenticate"].startswith("Basic ")
+    assert secured_client.get(METRICS, headers=basic("ops", "old-secret")).status_code == 200
+    assert secured_client.get(METRICS + "?token=new-secret").status_code == 200
+
+
+@pytest.mark.parametrize("path", [METRICS, "/api/chatwoot/webhooks/dashboard/data", "/metrics"])
+def test_operator_endpoints_share_one_rule(make_app, clean_database, path):
+    """The admin token opens every metrics endpoint; a Chatwoot signature (good for deliveries) opens none."""
+    client = make_app(CHATWOOT_WEBHOOK_SECRET=SECRETS, CHATWOOT_ADMIN_TOKEN="admin-token").test_client()
+    assert client.get(f"{path}?token=admin-token").status_code == 200
+    assert client.get(path, headers=basic("ops", "admin-token")).status_code == 200
+    signed = client.get(path, headers=signature_headers("new-secret", int(time.time()), b""))
+    assert signed.status_code == 401 and signed.json["code"] == "unauthorized"
+    assert client.get(f"{path}?token=wrong").status_code == 401

@@ -1,6 +1,8 @@
 """SQLAlchemy models (import them from here)."""
 
-from multibackend.models.company import PROVISIONING_STATUSES, Company
+from multibackend.models.company import CHATWOOT_STATUSES, PROVISIONING_STATUSES, Company, CompanySnapshot
 from multibackend.models.sync_event import SyncEvent, SyncTotals, WebhookRejection
 
-__all__ = ["PROVISIONING_STATUSES", "Company", "SyncEvent", "SyncTotals", "WebhookRejection"]
+__all__ = [
+    "CHATWOOT_STATUSES", "PROVISIONING_STATUSES", "Company", "CompanySnapshot", "SyncEvent", "SyncTotals", "WebhookRejection",
+]

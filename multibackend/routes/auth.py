@@ -1,4 +1,5 @@
-"""Who may call what: Chatwoot deliveries (webhook secret) and operators (the same secret, or an admin token)."""
+"""Who may call what: Chatwoot deliveries (webhook secret: token, Basic or signature) and operators, for the
+metrics, the dashboard and Prometheus (the same secret or CHATWOOT_ADMIN_TOKEN: token or Basic, never a signature)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def credentials_of_request(body: bytes) -> webhook_auth.DeliveryCredentials:
 
 
 def require_operator(view: Callable[..., Any]) -> Callable[..., Any]:
-    """Operator pages: the webhook secret or CHATWOOT_ADMIN_TOKEN, by ?token= or HTTP Basic (browsers prompt)."""
+    """Operators only (metrics, dashboard, Prometheus): the webhook secret or CHATWOOT_ADMIN_TOKEN, by ?token= or HTTP
+    Basic (browsers prompt); a Chatwoot signature does not open them. Refuses with 401 unauthorized."""
 
     @wraps(view)
     def operator_view(*args: Any, **kwargs: Any) -> Any:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, current_app, jsonify, make_response, render_template, url_for
 
 from multibackend.routes.auth import require_operator
+from multibackend.schemas import dashboard_data_response_schema, success_answer
 from multibackend.services import sync_metrics
 
 pages_bp = Blueprint(
@@ -50,7 +50,7 @@ def dashboard() -> Response:
 @require_operator
 def dashboard_data() -> Response:
     """What the operators' page draws, as JSON."""
-    return jsonify({"success": True, "data": sync_metrics.dashboard_data()})
+    return jsonify(success_answer(dashboard_data_response_schema, sync_metrics.dashboard_data()))
 
 
 def frame_ancestors(chatwoot_url: str) -> str:

@@ -8,11 +8,11 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from multibackend.errors import ApiError, register_blueprint_errors
-from multibackend.openapi import build_openapi
-from multibackend.logging_setup import printable
-from multibackend.schemas import ACCOUNT_CREATED_EVENT, account_created_schema, event_of
+from multibackend import observability
+from multibackend.errors import ApiError, register_blueprint_errors, service_unavailable
 from multibackend.extensions import limiter
+from multibackend.logging_setup import printable
+from multibackend.openapi import build_openapi
 from multibackend.routes.auth import (
     account_id_of,
     auth_failure_limit,
@@ -20,17 +20,23 @@ from multibackend.routes.auth import (
     presents_a_secret,
     require_chatwoot_auth,
     require_lookup_signature,
+    require_operator,
 )
 from multibackend.routes.chatwoot_pages import pages_bp
+from multibackend.schemas import (
+    ACCOUNT_CREATED_EVENT,
+    account_created_schema,
+    event_of,
+    metrics_response_schema,
+    success_answer,
+    webhook_response_schema,
+)
 from multibackend.services import company_lookup, deliveries, sync_metrics
 
 logger = logging.getLogger(__name__)
 
-URL_PREFIX = "/api/chatwoot/webhooks"
-WEBHOOK_ENDPOINT = "chatwoot_webhooks.account_created"
-
 bp = Blueprint("chatwoot_webhooks", __name__)
-register_blueprint_errors(bp)
+bp.before_request(observability.start_clock)
 bp.register_blueprint(pages_bp)
 
 
@@ -39,12 +45,19 @@ def limit_body_size() -> None:
     request.max_content_length = current_app.config["CHATWOOT_WEBHOOK_MAX_BODY_BYTES"]
 
 
-@bp.after_request
-def count_rejected_delivery(response: Response) -> Response:
-    # 429s are not written down: a flood must not turn into database writes (Prometheus counts them)
-    if request.endpoint == WEBHOOK_ENDPOINT and 400 <= response.status_code < 500 and response.status_code != 429:
-        sync_metrics.record_rejection((response.get_json(silent=True) or {}).get("code", str(response.status_code)))
-    return response
+def record_failure(error: ApiError) -> None:
+    """Count a webhook delivery or a lookup that failed, where its error becomes the answer. Refused deliveries
+    (4xx) are also written down, except 429s: a flood must not turn into database writes (Prometheus counts them)."""
+    view = current_app.view_functions.get(request.endpoint)
+    if view is account_created:
+        observability.record_delivery(error.code)
+        if 400 <= error.status < 500 and error.status != 429:
+            sync_metrics.record_rejection(error.code)
+    elif view is company:
+        observability.record_lookup("error")
+
+
+register_blueprint_errors(bp, record_failure)
 
 
 def parse_json_body() -> Any:
@@ -61,27 +74,31 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
-def ok(data: dict[str, Any]) -> Response:
-    return jsonify({"success": True, "data": data})
+def delivery_answer(delivery: deliveries.Delivery) -> tuple[Response, int]:
+    """200 (created, existing, ignored) or 202 (queued), counted once; a refused delivery raises 503 (Retry-After)."""
+    if isinstance(delivery, deliveries.Refused):
+        raise service_unavailable("The database")
+    observability.record_delivery(delivery.outcome)
+    status = 202 if isinstance(delivery, deliveries.Queued) else 200
+    return jsonify(success_answer(webhook_response_schema, delivery)), status
 
 
 @bp.post("/account-created")
 @limiter.limit(auth_failure_limit, deduct_when=lambda response: response.status_code == 403, exempt_when=presents_a_secret)
 @require_chatwoot_auth
-def account_created() -> tuple[Response, int] | Response:
+def account_created() -> tuple[Response, int]:
     """Create (once) the company for a new Chatwoot account and provision its services."""
     payload = parse_json_body()
     event = event_of(payload)
     if isinstance(event, str) and event != ACCOUNT_CREATED_EVENT:
         logger.info("[Chatwoot Webhook] Ignored event: %s", printable(event))
-        return ok({"ignored": True, "event": event, "message": "Only account_created is processed here"})
+        return delivery_answer(deliveries.Ignored(event))
     account = account_created_schema.load(payload)
     logger.info(
         "[Chatwoot Webhook] Account created: %s - %s", account["id"], printable(account["name"], 255),
         extra={"account_id": account["id"], "outcome": "received"},
     )
-    data, status = deliveries.accept_delivery(account["id"], account["name"])
-    return ok(data), status
+    return delivery_answer(deliveries.accept_delivery(account["id"], account["name"]))
 
 
 @bp.get("/company/<account_id>")
@@ -89,15 +106,16 @@ def account_created() -> tuple[Response, int] | Response:
 @require_lookup_signature
 def company(account_id: str) -> Response:
     """Look a company up by Chatwoot account id; unknown accounts answer exists: false (the iframe polls)."""
-    data = company_lookup.lookup_answer(account_id_of(account_id))
-    return Response(b'{"success":true,"data":' + data + b"}", mimetype="application/json")
+    answer = company_lookup.lookup_answer(account_id_of(account_id))
+    observability.record_lookup("hit" if answer.found else "miss")
+    return Response(b'{"success":true,"data":' + answer.data + b"}", mimetype="application/json")
 
 
 @bp.get("/metrics")
-@require_chatwoot_auth
+@require_operator
 def metrics() -> Response:
-    """Sync totals, success rate, latency and recent errors shared by every worker."""
-    return ok(sync_metrics.sync_metrics())
+    """Sync totals, success rate, latency and recent errors shared by every worker (operators only)."""
+    return jsonify(success_answer(metrics_response_schema, sync_metrics.sync_metrics()))
 
 
 @bp.get("/openapi.json")

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import redis
 
 from multibackend.extensions import get_redis, once_more_if_disconnected
+from multibackend.models import CompanySnapshot
+from multibackend.schemas import lookup_data
 from multibackend.services import delivery_spool, lookup_cache, self_heal, tenant_provisioning
-from multibackend.services.tenant_provisioning import CompanySnapshot
 
 
-def lookup_answer(account_id: int) -> bytes:
-    """The lookup's `data` as JSON bytes; never says exists: false for a company whose webhook was answered."""
+@dataclass(frozen=True)
+class LookupAnswer:
+    """The lookup's `data` as JSON bytes, and whether it names a company (exists: true) or not."""
+
+    found: bool
+    data: bytes
+
+
+def lookup_answer(account_id: int) -> LookupAnswer:
+    """The lookup's answer; never exists: false for a company whose webhook was answered."""
     cached = lookup_cache.cached_answer(account_id)
     if cached is not None:
-        return cached
+        return LookupAnswer(found=cached != lookup_cache.ABSENT_ANSWER, data=cached)
     found = once_more_if_disconnected(lambda: find_or_finish(account_id))
-    return lookup_cache.remember_lookup(account_id, {"exists": True, **found.as_dict()} if found else None)
+    return LookupAnswer(found is not None, lookup_cache.remember_lookup(account_id, lookup_data(found) if found else None))
 
 
 def find_or_finish(account_id: int) -> CompanySnapshot | None:

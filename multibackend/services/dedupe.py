@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 
 from multibackend.extensions import db
+from multibackend.services.companies import company_write
 
 UNIQUE_CONSTRAINT = "companies_chatwoot_account_id_key"
 
@@ -48,13 +49,13 @@ def has_unique_constraint() -> bool:
 
 def remove_duplicates_and_constrain() -> list[DuplicateRow]:
     """Delete the older duplicates and add the UNIQUE constraint, in one transaction (all or nothing)."""
-    db.session.execute(text("LOCK TABLE companies IN SHARE ROW EXCLUSIVE MODE"))
-    removed = duplicate_rows()
-    if removed:
-        db.session.execute(text("DELETE FROM companies WHERE id = ANY(:ids)"), {"ids": [row.id for row in removed]})
-    if not has_unique_constraint():
-        db.session.execute(
-            text(f"ALTER TABLE companies ADD CONSTRAINT {UNIQUE_CONSTRAINT} UNIQUE (chatwoot_account_id)")
-        )
-    db.session.commit()
+    with company_write() as write:
+        db.session.execute(text("LOCK TABLE companies IN SHARE ROW EXCLUSIVE MODE"))
+        removed = duplicate_rows()
+        if removed:
+            write.remove([row.id for row in removed])
+        if not has_unique_constraint():
+            db.session.execute(
+                text(f"ALTER TABLE companies ADD CONSTRAINT {UNIQUE_CONSTRAINT} UNIQUE (chatwoot_account_id)")
+            )
     return removed

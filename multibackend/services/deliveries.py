@@ -1,46 +1,70 @@
-"""What happens to a valid, authenticated account_created delivery: stored, or spooled, or refused with 503."""
+"""What becomes of an account_created delivery: provisioned, spooled, or stored nowhere (and other events: ignored).
+
+The outcomes are plain values; the view picks the HTTP status and the response schema words the answer."""
 
 from __future__ import annotations
 
-import logging
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from multibackend.errors import service_unavailable
 from multibackend.extensions import once_more_if_disconnected
 from multibackend.services import delivery_spool, sync_metrics, tenant_provisioning
-from multibackend.services.tenant_naming import tenant_names
+from multibackend.services.tenant_naming import TenantNames, tenant_names
+from multibackend.services.tenant_provisioning import ProvisioningResult
 
-logger = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class Provisioned:
+    """The company exists (created by this delivery, or by an earlier one) and its provisioning ran."""
+
+    result: ProvisioningResult
+
+    @property
+    def outcome(self) -> str:
+        return "created" if self.result.created else "existing"
 
 
-def accept_delivery(account_id: int, company_name: str) -> tuple[dict[str, Any], int]:
-    """Provision the account (200), or keep the delivery in the spool when the database cannot take it (202);
-    only when it can be stored nowhere raise 503 service_unavailable."""
+@dataclass(frozen=True)
+class Queued:
+    """PostgreSQL could not take the delivery: it waits in the spool, and the company will have these names."""
+
+    account_id: int
+    company_name: str
+    names: TenantNames
+    outcome: ClassVar[str] = "queued"
+
+
+@dataclass(frozen=True)
+class Refused:
+    """Neither PostgreSQL nor the spool could take the delivery: nothing is stored (the failed sync is recorded)."""
+
+    reason: str
+    outcome: ClassVar[str] = "refused"
+
+
+@dataclass(frozen=True)
+class Ignored:
+    """An event other than account_created: nothing is read or written."""
+
+    event: str
+    outcome: ClassVar[str] = "ignored"
+
+
+Delivery = Provisioned | Queued | Refused | Ignored
+
+
+def accept_delivery(account_id: int, company_name: str) -> Provisioned | Queued | Refused:
+    """Provisioned when PostgreSQL takes the delivery, Queued when only the spool can, Refused when neither can."""
     started = time.perf_counter()
     try:
-        result = once_more_if_disconnected(lambda: tenant_provisioning.provision_account(account_id, company_name))
-        return result.as_response(), 200
+        return Provisioned(once_more_if_disconnected(lambda: tenant_provisioning.provision_account(account_id, company_name)))
     except SQLAlchemyError as exc:
         reason = f"database unavailable ({type(exc).__name__})"
     if delivery_spool.spool_delivery(account_id, company_name):
-        return queued_response(account_id, company_name), 202
-    sync_metrics.record_failed_sync(account_id, (time.perf_counter() - started) * 1000, reason + ", not spooled")
-    raise service_unavailable("The database")
-
-
-def queued_response(account_id: int, company_name: str) -> dict[str, Any]:
-    """The 202 answer: the names the company will have once the reconciler replays the spool."""
-    names = tenant_names(account_id)
-    return {
-        "queued": True,
-        "company_id": names.company_id,
-        "company_name": company_name,
-        "redis_prefix": names.redis_prefix,
-        "vectorstore_index": names.vectorstore_index,
-        "message": "Database unavailable: the delivery is spooled and will be replayed by the reconciler",
-        "created": False,
-        "provisioning_status": "queued",
-    }
+        return Queued(account_id, company_name, tenant_names(account_id))
+    reason += ", not spooled"
+    sync_metrics.record_failed_sync(account_id, (time.perf_counter() - started) * 1000, reason)
+    return Refused(reason)

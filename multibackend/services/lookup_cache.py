@@ -1,6 +1,7 @@
 """The company lookup's cache in Redis, shared by every worker and instance, with read-your-writes:
 
-- every commit that changes a company publishes its answer (SET) before the request that made it answers;
+- every commit that changes a company publishes its answer (SET) before the request that made it answers
+  (services.companies.company_write does it, for every write);
 - a lookup that reads PostgreSQL stores a hit only if nothing newer is there (SET NX), and a miss for 2 s;
 - a stored answer wins over a stored miss, so a miss cached just before a commit is never served after it."""
 
@@ -8,14 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import redis
-from sqlalchemy import event
-from sqlalchemy.orm import Session
 
 from multibackend.extensions import get_redis
+from multibackend.models import CompanySnapshot
+from multibackend.schemas import lookup_data
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +25,6 @@ ABSENT_KEY = "multibackend:lookup:absent:{}"
 ANSWER_TTL_SECONDS = 3600
 ABSENT_TTL_SECONDS = 2
 ABSENT_ANSWER = b'{"exists":false}'
-PENDING_INFO_KEY = "multibackend.lookup_cache.pending"
 
 
 def cached_answer(account_id: int) -> bytes | None:
@@ -55,7 +55,7 @@ def remember_lookup(account_id: int, data: dict[str, Any] | None) -> bytes:
     return encoded
 
 
-def publish(answers: Iterable[tuple[str, dict[str, Any]]]) -> None:
+def publish(answers: Iterable[tuple[str, CompanySnapshot]]) -> None:
     """Overwrite the cached answers of companies whose change was just committed (best effort)."""
     client = get_redis()
     answers = list(answers)
@@ -63,44 +63,38 @@ def publish(answers: Iterable[tuple[str, dict[str, Any]]]) -> None:
         return
     try:
         pipeline = client.pipeline(transaction=False)
-        for account_id, data in answers:
-            pipeline.set(ANSWER_KEY.format(account_id), encode(data), ex=ANSWER_TTL_SECONDS)
+        for account_id, company in answers:
+            pipeline.set(ANSWER_KEY.format(account_id), encode(lookup_data(company)), ex=ANSWER_TTL_SECONDS)
             pipeline.delete(ABSENT_KEY.format(account_id))
         pipeline.execute()
     except redis.RedisError as exc:
         logger.warning("[Chatwoot Sync] Lookup cache not updated (%s); answers may lag up to %s s", type(exc).__name__, ANSWER_TTL_SECONDS)
 
 
+def forget(account_ids: Iterable[str]) -> None:
+    """Drop the cached answers of these accounts (their rows were removed); the next lookup reads PostgreSQL."""
+    client = get_redis()
+    keys = [ANSWER_KEY.format(account_id) for account_id in account_ids]
+    if client is None or not keys:
+        return
+    try:
+        client.delete(*keys)
+    except redis.RedisError as exc:
+        logger.warning("[Chatwoot Sync] Lookup cache not updated (%s); answers may lag up to %s s", type(exc).__name__, ANSWER_TTL_SECONDS)
+
+
 def forget_all() -> None:
-    """Drop every cached answer (after a bulk change such as dedupe)."""
+    """Drop every cached answer (after a change to many rows, such as a schema upgrade); best effort."""
     client = get_redis()
     if client is None:
         return
-    keys = list(client.scan_iter(ANSWER_KEY.format("*"), count=1000))
-    for start in range(0, len(keys), 1000):
-        client.delete(*keys[start : start + 1000])
+    try:
+        keys = list(client.scan_iter(ANSWER_KEY.format("*"), count=1000))
+        for start in range(0, len(keys), 1000):
+            client.delete(*keys[start : start + 1000])
+    except redis.RedisError as exc:
+        logger.warning("[Chatwoot Sync] Lookup cache not cleared (%s); answers may lag up to %s s", type(exc).__name__, ANSWER_TTL_SECONDS)
 
 
 def encode(data: dict[str, Any]) -> bytes:
     return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
-
-
-def track_company_changes(session_class: Any, answer_of: Callable[[Any], tuple[str, dict[str, Any]] | None]) -> None:
-    """Publish the lookup answer of every object a commit inserted or changed through the ORM, right after that
-    commit; answer_of gives (account id, answer) for objects that have one, None for others."""
-
-    @event.listens_for(session_class, "after_flush")
-    def collect(session: Session, flush_context: Any) -> None:
-        answers = [answer for obj in (*session.new, *session.dirty) if (answer := answer_of(obj)) is not None]
-        if answers:
-            session.info.setdefault(PENDING_INFO_KEY, {}).update(answers)
-
-    @event.listens_for(session_class, "after_commit")
-    def publish_committed(session: Session) -> None:
-        pending = session.info.pop(PENDING_INFO_KEY, None)
-        if pending:
-            publish(pending.items())
-
-    @event.listens_for(session_class, "after_rollback")
-    def discard(session: Session) -> None:
-        session.info.pop(PENDING_INFO_KEY, None)

@@ -13,13 +13,15 @@ from typing import ContextManager
 
 import redis
 from flask import current_app
-from sqlalchemy import func, or_, select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from multibackend.clock import utcnow
 from multibackend.extensions import db, get_redis
+from multibackend.logging_setup import printable
 from multibackend.models import Company
-from multibackend.services import delivery_spool, tenant_provisioning
+from multibackend.services import delivery_spool, sync_metrics, tenant_provisioning
+from multibackend.services.companies import companies_in, company_row, company_write
 from multibackend.services.chatwoot_source import ChatwootAccount, ChatwootSource, SourceError, chatwoot_source
 
 logger = logging.getLogger(__name__)
@@ -74,7 +76,7 @@ def reconcile(dry_run: bool = False, progress: Progress = no_progress) -> Reconc
             if not acquired:
                 summary.locked_out = True
                 return summary
-            for step in (replay_spool, sync_with_chatwoot, finish_provisioning, restore_namespaces):
+            for step in (replay_spool, sync_with_chatwoot, finish_provisioning, restore_namespaces, fold_metrics):
                 _run_step(step, summary, dry_run, progress)
     except SQLAlchemyError as exc:
         summary.problem(f"database unavailable ({type(exc).__name__}): nothing reconciled, the spool is kept")
@@ -88,13 +90,20 @@ def _run_step(step: Callable[[ReconcileSummary, bool, Progress], None], summary:
         step(summary, dry_run, progress)
     except SQLAlchemyError as exc:
         db.session.rollback()
-        summary.problem(f"{step.__name__}: database unavailable ({type(exc).__name__})")
+        summary.problem(f"{step.__name__}: database unavailable ({type(exc).__name__}: {_driver_message(exc)})")
     except redis.RedisError as exc:
         summary.problem(f"{step.__name__}: Redis unavailable ({type(exc).__name__})")
     except Exception as exc:  # a bad row must not stop the worker: report it, the next steps still run
         db.session.rollback()
         logger.exception("[Chatwoot Sync] Error: %s failed", step.__name__)
         summary.problem(f"{step.__name__}: {type(exc).__name__} (see the log)")
+
+
+def _driver_message(exc: SQLAlchemyError) -> str:
+    """The database's own words (first line), without the statement or its parameters."""
+    original = getattr(exc, "orig", None) or exc
+    lines = str(original).strip().splitlines()
+    return printable(lines[0], 160) if lines else type(original).__name__
 
 
 @contextlib.contextmanager
@@ -153,65 +162,56 @@ def sync_with_chatwoot(summary: ReconcileSummary, dry_run: bool, progress: Progr
 
 
 def _apply_accounts(batch: list[ChatwootAccount], summary: ReconcileSummary, dry_run: bool) -> None:
-    existing = {
-        company.chatwoot_account_id: company
-        for company in db.session.scalars(
-            select(Company).where(Company.chatwoot_account_id.in_([str(account.id) for account in batch]))
-        )
-    }
-    missing = [(account.id, account.name, account.status) for account in batch if str(account.id) not in existing]
-    for account in batch:
-        company = existing.get(str(account.id))
-        if company is not None:
-            _follow_account(company, account, summary)
-    if dry_run:
-        db.session.rollback()
-        summary.created += len(missing)
-        return
-    db.session.commit()
-    for company in tenant_provisioning.create_companies(missing):
+    """One write per batch: follow renames and marks of known accounts, create (and provision) the missing ones."""
+    with company_write(dry_run=dry_run) as write:
+        existing = companies_in(str(account.id) for account in batch)
+        for account in batch:
+            company = existing.get(str(account.id))
+            if company is not None:
+                _follow_account(company, account, summary)
+        missing = [company_row(account.id, account.name, account.status) for account in batch if str(account.id) not in existing]
+        if dry_run:
+            summary.created += len(missing)
+            return
+        created = write.insert_if_absent(missing)
+        tenant_provisioning.provision_services(created)
+    for company in created:
         logger.info("[Chatwoot Sync] Backfilled %s: its webhook never arrived", company.company_id)
-        summary.created += 1
+    summary.created += len(created)
     db.session.expunge_all()
 
 
 def _follow_account(company: Company, account: ChatwootAccount, summary: ReconcileSummary) -> None:
-    if company.company_name != account.name:
+    old_name = company.company_name
+    if company.rename(account.name):
         verb = "Would rename" if summary.dry_run else "Renamed"
-        logger.info("[Chatwoot Sync] %s %s: %r -> %r", verb, company.company_id, company.company_name, account.name)
-        company.company_name = account.name
-        company.updated_at = utcnow()
+        logger.info("[Chatwoot Sync] %s %s: %r -> %r", verb, company.company_id, old_name, account.name)
         summary.renamed += 1
-    if company.chatwoot_status != account.status:
-        _mark(company, account.status, summary)
+    _mark(company, account.status, summary)
 
 
 def _mark(company: Company, status: str, summary: ReconcileSummary) -> None:
-    verb = "Would mark" if summary.dry_run else "Marked"
-    logger.info("[Chatwoot Sync] %s %s: Chatwoot account is %s", verb, company.company_id, status)
-    company.chatwoot_status = status
-    company.updated_at = utcnow()
-    summary.marked += 1
+    if company.mark(status):
+        verb = "Would mark" if summary.dry_run else "Marked"
+        logger.info("[Chatwoot Sync] %s %s: Chatwoot account is %s", verb, company.company_id, status)
+        summary.marked += 1
 
 
 def _mark_gone_accounts(
     source: ChatwootSource, seen: set[int], listed_at: datetime, summary: ReconcileSummary, dry_run: bool
 ) -> None:
     """Companies whose account Chatwoot no longer has are marked deleted (never removed)."""
-    candidates = [company for company in _companies_not_deleted(listed_at) if _account_number(company) not in seen]
+    candidates = [company for company in _companies_not_deleted(listed_at) if company.account_number not in seen]
     if candidates and not seen:
         summary.problem(f"{source.description} lists no accounts at all: not marking {len(candidates)} companies deleted")
         return
     if not source.complete:
         checked = candidates[:MAX_DELETION_CHECKS_PER_RUN]
-        gone = source.confirm_deleted([_account_number(company) for company in checked], timeout=5)
-        candidates = [company for company in checked if _account_number(company) in gone]
-    for company in candidates:
-        _mark(company, "deleted", summary)
-    if dry_run:
-        db.session.rollback()
-    else:
-        db.session.commit()
+        gone = source.confirm_deleted([company.account_number for company in checked], timeout=5)
+        candidates = [company for company in checked if company.account_number in gone]
+    with company_write(dry_run=dry_run):
+        for company in candidates:
+            _mark(company, "deleted", summary)
 
 
 def _companies_not_deleted(created_before: datetime) -> Iterator[Company]:
@@ -234,59 +234,47 @@ def _companies_not_deleted(created_before: datetime) -> Iterator[Company]:
         if not batch:
             return
         last_id = batch[-1].id
-        yield from (company for company in batch if _account_number(company) is not None)
-
-
-def _account_number(company: Company) -> int | None:
-    value = company.chatwoot_account_id or ""
-    return int(value) if value.isdigit() else None
+        yield from (company for company in batch if company.account_number is not None)
 
 
 def finish_provisioning(summary: ReconcileSummary, dry_run: bool, progress: Progress) -> None:
-    """Retry companies whose provisioning is pending or failed and due (attempt counts and backoff apply)."""
+    """Retry the companies whose provisioning is unfinished and due (attempt counts and backoff apply)."""
     config = current_app.config
-    due = (
-        Company.provisioning_status != "ready",
-        Company.provisioning_attempts < config["RECONCILE_MAX_ATTEMPTS"],
-        or_(Company.next_provisioning_at.is_(None), Company.next_provisioning_at <= utcnow()),
-    )
+    due = Company.due_for_provisioning(config["RECONCILE_MAX_ATTEMPTS"], utcnow())
     last_id = 0
     while True:
-        batch = list(
-            db.session.scalars(
-                select(Company)
-                .where(*due, Company.id > last_id)
-                .order_by(Company.id)
-                .limit(config["RECONCILE_BATCH_SIZE"])
-                .with_for_update(skip_locked=True)
+        with company_write(dry_run=dry_run) as write:
+            batch = list(
+                db.session.scalars(
+                    select(Company)
+                    .where(due, Company.id > last_id)
+                    .order_by(Company.id)
+                    .limit(config["RECONCILE_BATCH_SIZE"])
+                    .with_for_update(skip_locked=True)
+                )
             )
-        )
+            if batch and not dry_run:
+                tenant_provisioning.provision_services(batch)
         if not batch:
             break
         last_id = batch[-1].id
         if dry_run:
             summary.provisioned += len(batch)
             continue
-        tenant_provisioning.provision_services(batch)
-        db.session.commit()
-        ready = tenant_provisioning.announce_ready(batch)
-        summary.provisioned += len(ready)
-        if len(ready) < len(batch):
-            summary.problem(f"{len(batch) - len(ready)} companies could not be provisioned yet", failed=len(batch) - len(ready))
-    db.session.rollback()
+        summary.provisioned += len(write.announced)
+        not_ready = len(batch) - len(write.announced)
+        if not_ready:
+            summary.problem(f"{not_ready} companies could not be provisioned yet", failed=not_ready)
     _report_given_up(summary)
 
 
 def _report_given_up(summary: ReconcileSummary) -> None:
-    given_up = db.session.scalar(
-        select(func.count()).where(
-            Company.provisioning_status == "failed",
-            Company.provisioning_attempts >= current_app.config["RECONCILE_MAX_ATTEMPTS"],
-        )
-    )
+    max_attempts = current_app.config["RECONCILE_MAX_ATTEMPTS"]
+    given_up = db.session.scalar(select(func.count()).where(Company.gave_up(max_attempts)))
+    db.session.rollback()
     if given_up:
         summary.problem(
-            f"{given_up} companies gave up after {current_app.config['RECONCILE_MAX_ATTEMPTS']} attempts "
+            f"{given_up} companies gave up after {max_attempts} attempts "
             "(see provisioning_error; retry with `flask --app wsgi chatwoot reconcile --retry-failed`)",
             failed=0,
         )
@@ -294,13 +282,17 @@ def _report_given_up(summary: ReconcileSummary) -> None:
 
 def retry_failed() -> int:
     """Give companies that gave up a fresh set of attempts; returns how many."""
-    companies = list(db.session.scalars(select(Company).where(Company.provisioning_status == "failed")))
-    for company in companies:
-        company.provisioning_attempts = 0
-        company.next_provisioning_at = None
-        company.provisioning_status = "pending"
-    db.session.commit()
+    with company_write():
+        companies = list(db.session.scalars(select(Company).where(Company.provisioning_status == "failed")))
+        for company in companies:
+            company.restart_attempts()
     return len(companies)
+
+
+def fold_metrics(summary: ReconcileSummary, dry_run: bool, progress: Progress) -> None:
+    """Fold settled sync events into the running totals, so metrics reads stay cheap and never write."""
+    if not dry_run:
+        sync_metrics.fold_sync_totals()
 
 
 def restore_namespaces(summary: ReconcileSummary, dry_run: bool, progress: Progress) -> None:

@@ -17,7 +17,6 @@ from multibackend.clock import iso_utc, utcnow
 logger = logging.getLogger(__name__)
 
 RECENT_ERRORS_LIMIT = 10
-FOLD_THRESHOLD = 1000
 FOLD_SETTLE_SECONDS = 60
 FOLD_LOCK_KEY = 4242003
 
@@ -86,8 +85,8 @@ RECENT_ERRORS = (
 def sync_metrics() -> dict[str, Any]:
     """Totals, success rate, average latency, last sync and the latest errors, across all workers.
 
-    Cost does not grow with history: running totals plus the few events recorded since they were folded,
-    read on one connection without a transaction to open or close."""
+    Cost does not grow with history: running totals plus the events recorded since the reconciler last folded
+    them, read on one connection without a transaction to open or close; never writes."""
     with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         totals = connection.execute(TOTALS).first()
         tail_count, tail_success, tail_latency, tail_last = connection.execute(
@@ -95,8 +94,6 @@ def sync_metrics() -> dict[str, Any]:
         ).one()
         rejected = connection.execute(REJECTED).scalar_one()
         errors = connection.execute(RECENT_ERRORS).all()
-    if tail_count > FOLD_THRESHOLD:
-        fold_sync_totals()
     total = (totals.total_syncs if totals else 0) + tail_count
     success_count = (totals.success_count if totals else 0) + tail_success
     latency_sum = (totals.latency_sum_ms if totals else 0.0) + float(tail_latency or 0.0)
