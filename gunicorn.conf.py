@@ -16,7 +16,7 @@ keepalive = 5
 accesslog = "-"
 errorlog = "-"
 loglevel = read_setting(os.environ, "LOG_LEVEL").lower()
-logger_class = "multibackend.logging_setup.MaskingGunicornLogger"
+logger_class = "multibackend.gunicorn_logging.MaskingGunicornLogger"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms "%(a)s"'
 # gunicorn's control socket lives at one fixed path per user; several servers on a host would fight over it.
 control_socket_disable = True

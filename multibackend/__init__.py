@@ -9,9 +9,11 @@ from typing import Any
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from multibackend.config import engine_options, load_settings, sqlalchemy_database_uri
+from flask_sqlalchemy import SQLAlchemy
+
+from multibackend.config import load_settings
 from multibackend.errors import register_routing_errors
-from multibackend.extensions import db, init_limiter, init_redis
+from multibackend.extensions import init_database, init_limiter, init_redis, own_db
 from multibackend.logging_setup import configure_logging
 
 logger = logging.getLogger(__name__)
@@ -37,30 +39,31 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     return app
 
 
-def init_app(app: Flask, url_prefix: str = CHATWOOT_WEBHOOKS_URL_PREFIX) -> None:
-    """Mount the Chatwoot auto-sync on an app (ours or a host's): config, database, Redis, blueprint, CLI."""
+def init_app(app: Flask, url_prefix: str = CHATWOOT_WEBHOOKS_URL_PREFIX, *, db: SQLAlchemy | None = None) -> None:
+    """Mount the Chatwoot auto-sync on an app (ours or a host's): settings, database (the host's Flask-SQLAlchemy
+    when it has one, or `db`), Redis, blueprint, CLI; the host's own handlers, limits and migrations stay theirs."""
     from multibackend.cli import chatwoot_cli
+    from multibackend.migrations import include_in_migrations
     from multibackend.routes.chatwoot_webhooks import bp as webhooks_bp
     from multibackend.routes.system import include_chatwoot_info
     from multibackend.services.chatwoot_source import init_chatwoot_source
-    from multibackend.services.companies import attach_write_path
+    from multibackend.services.companies import STATEMENT_TIMEOUT_EXTENSION, attach_write_path
+    from multibackend.services.dashboard_tabs import init_dashboard_tabs
 
     load_settings(app)
     app.config["CHATWOOT_WEBHOOKS_URL_PREFIX"] = url_prefix
-    uri = app.config.setdefault(
-        "SQLALCHEMY_DATABASE_URI", sqlalchemy_database_uri(app.config["DATABASE_URL"], app.instance_path)
-    )
-    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", engine_options(uri, app.config))
-    if "sqlalchemy" not in app.extensions:
-        db.init_app(app)
-    attach_write_path(db.session)
+    database = init_database(app, db)
+    attach_write_path(database.session)
+    app.extensions[STATEMENT_TIMEOUT_EXTENSION] = app.config["DATABASE_STATEMENT_TIMEOUT_MS"]
     init_redis(app)
     init_limiter(app)
     init_chatwoot_source(app)
-    if uri.startswith("sqlite:"):
+    init_dashboard_tabs(app)
+    if database is own_db and app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:"):
         _create_embedded_tables(app)
     app.register_blueprint(webhooks_bp, url_prefix=url_prefix)
     include_chatwoot_info(app)  # the host's GET /api/system/info view, if it has one by now
+    include_in_migrations(app)  # the host's Flask-Migrate, if it has one by now
     app.cli.add_command(chatwoot_cli)
     register_routing_errors(app, (url_prefix,))
     if not app.config["CHATWOOT_WEBHOOK_SECRETS"]:
@@ -89,3 +92,17 @@ def _create_embedded_tables(app: Flask) -> None:
             apply_schema()
         except OperationalError:
             apply_schema()
+
+
+def __getattr__(name: str) -> Any:
+    """`multibackend.tenant_provisioned` (the signal hosts connect to) and `multibackend.include_object` (for
+    Flask-Migrate), imported on first use so that importing the package stays light."""
+    if name == "tenant_provisioned":
+        from multibackend.services.companies import tenant_provisioned
+
+        return tenant_provisioned
+    if name == "include_object":
+        from multibackend.migrations import include_object
+
+        return include_object
+    raise AttributeError(f"module 'multibackend' has no attribute {name!r}")

@@ -11,14 +11,15 @@ from pathlib import Path
 from types import FrameType
 
 import click
+from flask import current_app
 from flask.cli import with_appcontext
 from sqlalchemy import event, inspect, text
 from sqlalchemy.schema import CreateColumn
 
 from multibackend.extensions import db
-from multibackend.services.companies import company_write
+from multibackend.services.companies import STATEMENT_TIMEOUT_EXTENSION, company_write
 
-SCHEMA_FILE = Path(__file__).resolve().parent.parent / "postgresql_schema.sql"
+SCHEMA_FILE = Path(__file__).resolve().parent / "sql" / "postgresql_schema.sql"
 CLI_STATEMENT_TIMEOUT_MS = 120_000
 PROGRESS_THRESHOLD = 2000
 
@@ -47,7 +48,7 @@ def apply_schema() -> str:
             finally:
                 connection.exec_driver_sql("RESET statement_timeout")  # the connection goes back to the pool
         return f"Schema applied from {SCHEMA_FILE.name} to PostgreSQL"
-    db.create_all()
+    db.metadata.create_all(engine)
     added = add_missing_sqlite_columns()
     note = f" ({len(added)} columns added: {', '.join(added)})" if added else ""
     return f"Tables created in {engine.url.render_as_string(hide_password=True)}{note}"
@@ -70,7 +71,8 @@ def add_missing_sqlite_columns() -> list[str]:
 
 def allow_long_statements() -> None:
     """Maintenance commands may run longer than a web request's statement timeout."""
-    if db.engine.dialect.name == "postgresql":
+    current_app.extensions[STATEMENT_TIMEOUT_EXTENSION] = CLI_STATEMENT_TIMEOUT_MS
+    if db.is_own and db.engine.dialect.name == "postgresql":
         event.listen(
             db.engine,
             "connect",
@@ -80,7 +82,12 @@ def allow_long_statements() -> None:
 
 
 def _set_statement_timeout(connection, milliseconds: int) -> None:  # type: ignore[no-untyped-def]
-    connection.execute(f"SET statement_timeout = {int(milliseconds)}")
+    """On a new DBAPI connection (psycopg 3 or psycopg2): SET statement_timeout, committed."""
+    cursor = connection.cursor()
+    try:
+        cursor.execute(f"SET statement_timeout = {int(milliseconds)}")
+    finally:
+        cursor.close()
     connection.commit()
 
 
@@ -185,7 +192,6 @@ def doctor_command() -> None:
 @with_appcontext
 def embed_url_command(account_id: int) -> None:
     """Print the dashboard URL to register in Chatwoot for one account (signed with CHATWOOT_EMBED_SECRET)."""
-    from flask import current_app
 
     from multibackend.services.webhook_auth import lookup_signature
 
@@ -197,3 +203,46 @@ def embed_url_command(account_id: int) -> None:
     else:
         click.echo("note: CHATWOOT_EMBED_SECRET is not set, lookups are open and the URL needs no signature", err=True)
     click.echo(url)
+
+
+@chatwoot_cli.command("dashboard-apps")
+@click.option("--script", is_flag=True, help="Print a Rails runner script that makes the tabs inside Chatwoot instead.")
+@click.option("--dry-run", is_flag=True, help="Report what would change; write nothing.")
+@with_appcontext
+def dashboard_apps_command(script: bool, dry_run: bool) -> None:
+    """The company tab (a Chatwoot Dashboard App) in every Chatwoot account: create missing, update changed."""
+    from multibackend.services import dashboard_tabs
+    from multibackend.services.chatwoot_source import ChatwootDatabaseSource, SourceError, chatwoot_source
+
+    if script:
+        click.echo(dashboard_tabs.rails_runner_script(), nl=False)
+        return
+    reason = dashboard_tabs.tabs_disabled_because()
+    source = chatwoot_source()
+    if reason is not None or not isinstance(source, ChatwootDatabaseSource):
+        raise click.ClickException(f"company tabs are not made here: {reason or 'CHATWOOT_DATABASE_URL is not set'}")
+    totals = dashboard_tabs.TabChanges()
+    try:
+        for batch in source.accounts(current_app.config["RECONCILE_BATCH_SIZE"]):
+            totals.add(dashboard_tabs.ensure_tabs([account.id for account in batch], dry_run=dry_run))
+    except (dashboard_tabs.TabError, SourceError) as exc:
+        raise click.ClickException(str(exc)) from None
+    verb = "would be " if dry_run else ""
+    click.echo(
+        f"[Chatwoot Sync] Company tabs: {len(totals.created)} {verb}created, {len(totals.updated)} {verb}updated, "
+        f"{len(totals.unchanged)} already right, {len(totals.skipped)} accounts without an administrator"
+    )
+
+
+@chatwoot_cli.command("remove-test-companies")
+@click.option("--dry-run", is_flag=True, help="Only list the companies that would be removed.")
+@with_appcontext
+def remove_test_companies_command(dry_run: bool) -> None:
+    """Remove the smoke test's companies (account ids 900000000-999999999) and their Redis namespaces."""
+    from multibackend.services.smoke_cleanup import remove_smoke_test_companies
+
+    removed = remove_smoke_test_companies(dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for company in removed:
+        click.echo(f"  {verb} {company.company_id} ({company.company_name})")
+    click.echo(f"[Chatwoot Sync] Smoke-test companies: {verb} {len(removed)}")

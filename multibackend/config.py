@@ -32,6 +32,14 @@ def text(name: str, value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def tab_title(name: str, value: Any) -> str:
+    """A Dashboard App title: printable text, 1 to 255 characters once trimmed."""
+    title = str(value or "").strip()
+    if not title or len(title) > 255 or not title.isprintable():
+        raise ConfigError(f"{name} must be 1 to 255 printable characters, got {value!r}")
+    return title
+
+
 def positive_int(name: str, value: Any) -> int:
     """A whole number greater than zero."""
     return _number(name, value, int, allow_zero=False)
@@ -154,14 +162,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DATABASE_POOL_SIZE", 5, positive_int, "connections per worker"),
     Setting("REDIS_TIMEOUT_SECONDS", 0.5, positive_float, "connect and read timeout for Redis"),
     Setting("CHATWOOT_DATABASE_URL", "", text,
-            "read-only connection to **Chatwoot's** PostgreSQL: backfill, renames, deletion marks, self-healing "
-            "lookups, doctor"),
+            "connection to **Chatwoot's** PostgreSQL: reads accounts for backfill, renames, deletion marks, "
+            "self-healing lookups and the doctor; writes only `dashboard_apps` (the company tab), when granted"),
     Setting("CHATWOOT_API_URL", "", text,
             "Chatwoot's address for its Platform API, with `CHATWOOT_PLATFORM_TOKEN`: the same as "
             "`CHATWOOT_DATABASE_URL` when there is no database access (only the accounts that platform app can see)"),
     Setting("CHATWOOT_PLATFORM_TOKEN", "", text, "the platform app's access token for `CHATWOOT_API_URL`"),
     Setting("PUBLIC_URL", "", text,
             "this backend's public URL, e.g. `https://backend.example`; the doctor checks Chatwoot points at it"),
+    Setting("CHATWOOT_DASHBOARD_APPS", True, boolean,
+            "put the company tab (a Chatwoot Dashboard App) in every account, through `CHATWOOT_DATABASE_URL`; "
+            "needs `PUBLIC_URL`"),
+    Setting("CHATWOOT_DASHBOARD_APP_TITLE", "Empresa", tab_title, "the tab's title in Chatwoot"),
     Setting("RECONCILE_MAX_ATTEMPTS", 5, positive_int, "provisioning attempts before a company stays `failed`"),
     Setting("RECONCILE_BACKOFF_SECONDS", 30, non_negative_float,
             "wait before the 2nd retry, doubling after each failure (max 1 h); the 1st retry is immediate"),

@@ -9,7 +9,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, jsonify, request
 from marshmallow import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 logger = logging.getLogger(__name__)
 
@@ -84,14 +84,22 @@ def register_blueprint_errors(bp: Blueprint, record: Callable[[ApiError], None] 
 
 
 def register_routing_errors(app: Flask, prefixes: tuple[str, ...]) -> None:
-    """JSON for routing errors (404/405) under our URL prefixes; a host's own pages elsewhere stay as they are."""
+    """JSON for routing errors (404/405) under our URL prefixes; everywhere else the handlers the host registered
+    (app-wide, or for 404/405) answer exactly as before, and without them Flask's own pages do."""
+    handlers = app.error_handler_spec[None]
+    for code, exc_class in ((None, HTTPException), (404, NotFound), (405, MethodNotAllowed)):
+        hosts = handlers[code].get(exc_class)
+        if code is None or hosts is not None:
+            handlers[code][exc_class] = _under_prefixes(prefixes, hosts)
 
+
+def _under_prefixes(prefixes: tuple[str, ...], hosts: Callable[[Any], Any] | None) -> Callable[[HTTPException], Any]:
     def handle(exc: HTTPException) -> Any:
-        if not request.path.startswith(prefixes):
-            return exc
-        return error_response(from_http_exception(exc))
+        if request.path.startswith(prefixes):
+            return error_response(from_http_exception(exc))
+        return hosts(exc) if hosts is not None else exc
 
-    app.register_error_handler(HTTPException, handle)
+    return handle
 
 
 def _database_error(exc: SQLAlchemyError) -> ApiError:

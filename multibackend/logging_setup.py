@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import time
 from typing import Any
 from urllib.parse import unquote_plus
 
-from gunicorn.glogging import Logger as GunicornLogger
 
 QUERY_PARAMETER_PATTERN = re.compile(r"(^|[?&;])([^=&;\s\"]*)=([^&;\s\"]*)")
 SECRET_PARAMETERS = frozenset({"token", "sig", "secret", "password", "api_access_token"})
@@ -67,24 +65,3 @@ def configure_logging(level: str, log_format: str = "text") -> None:
         handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(READABLE_FORMAT))
         root.addHandler(handler)
     logging.getLogger("multibackend").setLevel(level)
-
-
-class MaskingGunicornLogger(GunicornLogger):
-    """Gunicorn's logger whose access lines never carry a webhook token or an Authorization header."""
-
-    def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
-        if os.environ.get("LOG_FORMAT", "").lower() != "json":
-            super().access(resp, req, environ, request_time)
-            return
-        atoms = self.atoms(resp, req, environ, request_time)
-        fields = {"remote": atoms["h"], "request": atoms["r"], "status": atoms["s"], "bytes": atoms["b"], "duration_ms": atoms["M"]}
-        self.access_log.info("%s %s", atoms["r"], atoms["s"], extra=fields)
-
-    def atoms(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> dict[str, Any]:
-        atoms = super().atoms(resp, req, environ, request_time)
-        for key, value in atoms.items():
-            if key in ("{authorization}i", "{cookie}i"):
-                atoms[key] = "***"
-            elif isinstance(value, str):
-                atoms[key] = printable(mask_secrets(value), limit=2000)
-        return atoms

@@ -218,7 +218,13 @@ class CompaniesByStateSchema(BaseSchema):
     chatwoot = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
 
 
+class CompanyTabsSchema(BaseSchema):
+    missing = fields.Integer(required=True, allow_none=True, metadata={"description": "null when it cannot be known"})
+    detail = fields.String(required=True)
+
+
 class DashboardDataSchema(BaseSchema):
+    company_tabs = fields.Nested(CompanyTabsSchema, required=True)
     metrics = fields.Nested(MetricsDataSchema, required=True)
     latency_series = fields.List(fields.Nested(LatencyHourSchema), required=True)
     companies = fields.Nested(CompaniesByStateSchema, required=True)

@@ -1,2 +1,4 @@
+"""The package's name and version: the one source for the package metadata (pyproject.toml) and system info."""
+
 NAME = "multibackend"
-VERSION = "1.0.0"
+VERSION = "1.1.0"

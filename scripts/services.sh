@@ -21,10 +21,18 @@ _SVC_REDIS_PORT=63790
 _svc_say() { echo "[services] $*" >&2; }
 
 # Succeeds if the URL connects (never prompts for a password) as a role that may create databases.
+# Asks with psql when it is installed, else with the virtualenv's psycopg (a server needs no client package).
 _svc_pg_ok() {
-    command -v psql >/dev/null 2>&1 || return 1
-    [ "$(PGCONNECT_TIMEOUT=3 psql -X -w "$1" -Atc \
-        'select rolcreatedb or rolsuper from pg_roles where rolname = current_user' 2>/dev/null)" = t ]
+    local query='select rolcreatedb or rolsuper from pg_roles where rolname = current_user' python
+    if command -v psql >/dev/null 2>&1; then
+        [ "$(PGCONNECT_TIMEOUT=3 psql -X -w "$1" -Atc "$query" 2>/dev/null)" = t ]
+        return
+    fi
+    python=$_SVC_ROOT/.venv/bin/python
+    [ -x "$python" ] || python=python3
+    [ "$("$python" -c 'import sys, psycopg
+with psycopg.connect(sys.argv[1], connect_timeout=3) as c: print("t" if c.execute(sys.argv[2]).fetchone()[0] else "f")' \
+        "$1" "$query" 2>/dev/null)" = t ]
 }
 
 # PING host port -> 0 on PONG; uses redis-cli if present, else bash /dev/tcp.

@@ -14,9 +14,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import psycopg
+from sqlalchemy.engine import make_url
 import redis
 
-from tests.conftest import free_port
+from tests.helpers import free_port, with_database
 
 
 def _postgres_bin(name: str) -> str:
@@ -102,7 +103,25 @@ CREATE TABLE accounts (id serial PRIMARY KEY, name varchar NOT NULL, created_at 
 CREATE TABLE installation_configs (id bigserial PRIMARY KEY, name varchar NOT NULL UNIQUE,
   serialized_value jsonb DEFAULT '{}' NOT NULL, created_at timestamp NOT NULL DEFAULT now(),
   updated_at timestamp NOT NULL DEFAULT now(), locked boolean DEFAULT true NOT NULL);
+CREATE TABLE users (id serial PRIMARY KEY, name varchar NOT NULL, email varchar, type varchar,
+  created_at timestamp NOT NULL DEFAULT now(), updated_at timestamp NOT NULL DEFAULT now());
+CREATE TABLE account_users (id bigserial PRIMARY KEY, account_id bigint, user_id bigint, role integer DEFAULT 0,
+  inviter_id bigint, created_at timestamp(6) NOT NULL DEFAULT now(), updated_at timestamp(6) NOT NULL DEFAULT now(),
+  active_at timestamp, availability integer DEFAULT 0 NOT NULL, auto_offline boolean DEFAULT true NOT NULL);
+CREATE UNIQUE INDEX uniq_user_id_per_account_id ON account_users (account_id, user_id);
+-- as Chatwoot's db/schema.rb (4.x): Rails sets the timestamps (no default), no foreign keys
+CREATE TABLE dashboard_apps (id bigserial PRIMARY KEY, title varchar NOT NULL, content jsonb DEFAULT '[]',
+  account_id bigint NOT NULL, user_id bigint, created_at timestamp(6) NOT NULL, updated_at timestamp(6) NOT NULL);
+CREATE INDEX index_dashboard_apps_on_account_id ON dashboard_apps (account_id);
+CREATE INDEX index_dashboard_apps_on_user_id ON dashboard_apps (user_id);
 """
+
+#: exactly what the README tells operators to grant the role behind CHATWOOT_DATABASE_URL
+DOCUMENTED_GRANTS = (
+    "GRANT SELECT ON accounts, account_users, installation_configs TO {role}",
+    "GRANT SELECT, INSERT, UPDATE ON dashboard_apps TO {role}",
+    "GRANT USAGE ON SEQUENCE dashboard_apps_id_seq TO {role}",
+)
 
 
 class ChatwootDatabase:
@@ -111,10 +130,9 @@ class ChatwootDatabase:
     def __init__(self, admin_url: str, name: str):
         self.admin_url = admin_url
         self.name = name
+        self.roles: list[str] = []
         with psycopg.connect(admin_url, autocommit=True) as connection:
             connection.execute(f'CREATE DATABASE "{name}"')
-        from tests.conftest import with_database
-
         self.url = with_database(admin_url, name)
         with psycopg.connect(self.url, autocommit=True) as connection:
             connection.execute(CHATWOOT_SCHEMA)
@@ -138,9 +156,41 @@ class ChatwootDatabase:
             (json.dumps(yaml),),
         )
 
+    def add_administrators(self, rows: list[tuple[int, int]]) -> None:
+        """(account id, user id): a user who administers the account (role 1), as signup makes them."""
+        with psycopg.connect(self.url, autocommit=True) as connection:
+            for account_id, user_id in rows:
+                connection.execute(
+                    "INSERT INTO users (id, name, email, type) VALUES (%s, %s, %s, 'User') ON CONFLICT (id) DO NOTHING",
+                    (user_id, f"Admin {user_id}", f"admin{user_id}@example.com"),
+                )
+                connection.execute("INSERT INTO account_users (account_id, user_id, role) VALUES (%s, %s, 1)", (account_id, user_id))
+
+    def dashboard_apps(self, account_id: int | None = None) -> list[tuple[Any, ...]]:
+        """(id, account_id, title, content, user_id, created_at) of the dashboard apps, by id."""
+        with psycopg.connect(self.url) as connection:
+            return connection.execute(
+                "SELECT id, account_id, title, content, user_id, created_at FROM dashboard_apps"
+                " WHERE %(account)s::bigint IS NULL OR account_id = %(account)s ORDER BY id",
+                {"account": account_id},
+            ).fetchall()
+
+    def role_url(self, grants: tuple[str, ...] = DOCUMENTED_GRANTS) -> str:
+        """A login role on this database with exactly these grants (the documented ones by default)."""
+        role = f"{self.name}_role{len(self.roles) + 1}"
+        with psycopg.connect(self.admin_url, autocommit=True) as connection:
+            connection.execute(f'CREATE ROLE "{role}" LOGIN')
+        self.roles.append(role)
+        with psycopg.connect(self.url, autocommit=True) as connection:
+            for grant in grants:
+                connection.execute(grant.format(role=f'"{role}"'))
+        return make_url(self.url).set(username=role, password=None).render_as_string(hide_password=False)
+
     def drop(self) -> None:
         with psycopg.connect(self.admin_url, autocommit=True) as connection:
             connection.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+            for role in self.roles:
+                connection.execute(f'DROP ROLE IF EXISTS "{role}"')
 
 
 class QuietHTTPServer(ThreadingHTTPServer):

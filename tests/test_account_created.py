@@ -1,4 +1,4 @@
-"""POST /api/chatwoot/webhooks/account-created against real PostgreSQL and Redis."""
+"""POST account-created: real Chatwoot payloads make exactly one company; anything else gets its documented refusal."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 import psycopg
 import pytest
 
-from tests.conftest import tenant_data_keys, WEBHOOK, count_rows, payload
+from tests.helpers import FIXTURES, SHARED_PAYLOADS, WEBHOOK, count_rows, payload, tenant_data_keys
 
 
 def post(client, body, **kwargs):
@@ -249,8 +249,6 @@ def test_rejected_deliveries_are_counted_not_synced(client, clean_database):
 
 
 def test_fixture_payloads_are_the_shared_chatwoot_samples():
-    from tests.conftest import FIXTURES, SHARED_PAYLOADS
-
     if not SHARED_PAYLOADS.is_dir():
         pytest.skip("../shared/chatwoot/payloads is not beside this checkout")
     for sample in SHARED_PAYLOADS.iterdir():

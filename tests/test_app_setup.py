@@ -1,4 +1,4 @@
-"""Settings, the embedded SQLite default, system info, mounting into a host app, and the CLI."""
+"""Start-up: bad settings fail fast, embedded SQLite works alone, system info advertises the feature, a host keeps its own answers."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from flask import Flask, jsonify, request
 from multibackend import create_app, init_app, with_chatwoot_info
 from multibackend.config import ConfigError, read_settings, sqlalchemy_database_uri
 from multibackend.extensions import db
-from tests.conftest import ROOT, WEBHOOK, count_rows
+from tests.helpers import ROOT, WEBHOOK, count_rows
 
 INFO = "/api/system/info"
 
@@ -26,7 +26,7 @@ INFO = "/api/system/info"
         ("postgresql+psycopg://u@h/d", "postgresql+psycopg://u@h/d"),
     ],
 )
-def test_database_url_styles(url, expected):
+def test_database_url_styles_are_read_with_psycopg(url, expected):
     assert sqlalchemy_database_uri(url, "/tmp/unused") == expected
 
 
@@ -48,7 +48,7 @@ def test_unusable_settings_fail_at_start_up(settings):
         create_app(settings)
 
 
-def test_secret_list_for_rotation():
+def test_the_webhook_secret_is_a_list_for_rotation():
     assert read_settings({"CHATWOOT_WEBHOOK_SECRET": " old , new,, "})["CHATWOOT_WEBHOOK_SECRETS"] == ("old", "new")
     assert read_settings({})["CHATWOOT_WEBHOOK_SECRETS"] == ()
 
@@ -94,7 +94,9 @@ def test_system_info_says_when_authentication_is_on(make_app):
     assert auth == {"enabled": True, "methods": ["token", "basic", "hmac-sha256"], "warning": None}
 
 
-def test_host_app_gets_the_blueprint_and_its_info_entries(clean_database, redis_url):
+@pytest.fixture
+def host_app(clean_database, redis_url):
+    """A host backend with its own info view and /api/chat, the Chatwoot auto-sync mounted with init_app."""
     host = Flask("host_backend")
     host.config.update(DATABASE_URL=clean_database, REDIS_URL=redis_url)
 
@@ -107,21 +109,36 @@ def test_host_app_gets_the_blueprint_and_its_info_entries(clean_database, redis_
         return {"ok": True}
 
     init_app(host)
-    client = host.test_client()
-    info = client.get(INFO).json
-    assert info["name"] == "host"
-    assert info["endpoints"] == {"chat": "/api/chat", "chatwoot_webhooks": "/api/chatwoot/webhooks"}
-    assert info["features"] == ["rag", "chatwoot-auto-sync"]
-    assert client.post(WEBHOOK, json={"id": 5, "name": "Host Co"}).json["data"]["created"] is True
-    assert count_rows(clean_database, "companies") == 1
-    assert client.get("/api/nothing-here").status_code == 404
-    assert client.get("/api/nothing-here").content_type.startswith("text/html")  # the host's own pages stay
-    assert client.get("/api/chatwoot/webhooks/nothing").json["code"] == "not_found"
+    yield host
     with host.app_context():
         db.engine.dispose()
 
 
-def test_host_info_view_registered_later_opts_in_with_the_decorator(clean_database, redis_url):
+def test_host_info_gains_the_chatwoot_entries(host_app):
+    info = host_app.test_client().get(INFO).json
+    assert info["name"] == "host"
+    assert info["endpoints"] == {"chat": "/api/chat", "chatwoot_webhooks": "/api/chatwoot/webhooks"}
+    assert info["features"] == ["rag", "chatwoot-auto-sync"]
+
+
+def test_host_app_serves_the_webhook(host_app, clean_database):
+    assert host_app.test_client().post(WEBHOOK, json={"id": 5, "name": "Host Co"}).json["data"]["created"] is True
+    assert count_rows(clean_database, "companies") == 1
+
+
+def test_host_404_pages_stay_the_hosts_own(host_app):
+    client = host_app.test_client()
+    assert client.get("/api/nothing-here").status_code == 404
+    assert client.get("/api/nothing-here").content_type.startswith("text/html")
+
+
+def test_404s_under_the_blueprint_are_json(host_app):
+    assert host_app.test_client().get("/api/chatwoot/webhooks/nothing").json["code"] == "not_found"
+
+
+@pytest.fixture
+def late_host_app(clean_database, redis_url):
+    """A host that registers its info view after init_app (opting in with the decorator) and another one without."""
     host = Flask("host_registers_later")
     host.config.update(DATABASE_URL=clean_database, REDIS_URL=redis_url, CHATWOOT_WEBHOOK_SECRET="s")
     init_app(host)
@@ -135,45 +152,67 @@ def test_host_info_view_registered_later_opts_in_with_the_decorator(clean_databa
     def plain_info():  # registered after init_app without the decorator: left alone
         return {"name": "host", "features": ["rag"]}
 
-    client = host.test_client()
-    info = client.get(INFO).json["data"]
+    yield host
+    with host.app_context():
+        db.engine.dispose()
+
+
+def test_host_info_view_registered_later_opts_in_with_the_decorator(late_host_app):
+    info = late_host_app.test_client().get(INFO).json["data"]
     assert info["features"] == ["rag", "chatwoot-auto-sync"]
     assert info["endpoints"] == {"chatwoot_webhooks": "/api/chatwoot/webhooks"}
     assert info["chatwoot_webhook_authentication"]["enabled"] is True
-    assert client.get("/api/plain-info").json == {"name": "host", "features": ["rag"]}
-    with host.app_context():
-        db.engine.dispose()
 
 
-def test_other_answers_of_the_host_are_not_touched(clean_database, redis_url, caplog):
+def test_a_view_registered_later_without_the_decorator_is_left_alone(late_host_app):
+    assert late_host_app.test_client().get("/api/plain-info").json == {"name": "host", "features": ["rag"]}
+
+
+INFO_SHAPED_BODY = {"name": "host", "endpoints": {"chat": "/api/chat"}, "features": ["rag"]}
+
+
+@pytest.fixture
+def info_shaped_host(clean_database, redis_url, caplog):
+    """A host whose info view answers 503 unless ?ok=1, with other answers of the same shape: GET /api/chat and
+    POST on the info path. init_app runs with DEBUG logs captured."""
     host = Flask("host_with_other_json")
     host.config.update(DATABASE_URL=clean_database, REDIS_URL=redis_url)
-    body = {"name": "host", "endpoints": {"chat": "/api/chat"}, "features": ["rag"]}
 
     @host.get(INFO)
     def host_info():
-        return jsonify(body) if request.args.get("ok") else (jsonify(body), 503)
+        return jsonify(INFO_SHAPED_BODY) if request.args.get("ok") else (jsonify(INFO_SHAPED_BODY), 503)
 
     @host.get("/api/chat")
     def chat():  # the same shape as an info answer, at another path
-        return jsonify(body)
+        return jsonify(INFO_SHAPED_BODY)
 
     @host.post(INFO)
     def post_info():
-        return jsonify(body)
+        return jsonify(INFO_SHAPED_BODY)
 
     caplog.set_level(logging.DEBUG, logger="multibackend")
     init_app(host)
-    init_app_wrapped = host.view_functions["host_info"]
-    assert any("now includes the Chatwoot auto-sync entries" in record.getMessage() for record in caplog.records)
-    client = host.test_client()
-    assert client.get("/api/chat").json == body
-    assert client.post(INFO).json == body
-    assert client.get(INFO).json == body  # an error answer (503) passes untouched
-    assert client.get(INFO + "?ok=1").json["features"] == ["rag", "chatwoot-auto-sync"]
-    assert with_chatwoot_info(init_app_wrapped) is init_app_wrapped  # never wrapped twice
+    yield host
     with host.app_context():
         db.engine.dispose()
+
+
+def test_init_app_logs_that_the_host_info_now_includes_the_entries(info_shaped_host, caplog):
+    logged_by_init_app = caplog.get_records("setup")
+    assert any("now includes the Chatwoot auto-sync entries" in record.getMessage() for record in logged_by_init_app)
+
+
+def test_only_successful_info_answers_of_the_host_are_extended(info_shaped_host):
+    client = info_shaped_host.test_client()
+    assert client.get("/api/chat").json == INFO_SHAPED_BODY
+    assert client.post(INFO).json == INFO_SHAPED_BODY
+    assert client.get(INFO).json == INFO_SHAPED_BODY  # an error answer (503) passes untouched
+    assert client.get(INFO + "?ok=1").json["features"] == ["rag", "chatwoot-auto-sync"]
+
+
+def test_the_host_info_view_is_never_wrapped_twice(info_shaped_host):
+    wrapped = info_shaped_host.view_functions["host_info"]
+    assert with_chatwoot_info(wrapped) is wrapped
 
 
 def run_cli(*args, env):
@@ -213,7 +252,7 @@ def test_procfile_runs_init_db_on_release_and_gunicorn_on_web():
         ("GET /x?tokens=abc HTTP/1.1", "GET /x?tokens=abc HTTP/1.1"),
     ],
 )
-def test_access_log_masking(line, masked):
+def test_access_log_masks_secret_query_parameters(line, masked):
     from multibackend.logging_setup import mask_secrets
 
     assert mask_secrets(line) == masked

@@ -1,7 +1,7 @@
-"""The iframe page and the operators' dashboard in a real browser: Debian's headless Chromium driven by Playwright.
+"""The iframe page and the operators' dashboard as a person sees them in a real browser (headless Chromium, Playwright)."""
 
-`source scripts/browser.sh` installs both (Chromium with apt-get, Playwright from requirements-browser.txt). Every
-test saves a screenshot under test-artifacts/screenshots/."""
+# `source scripts/browser.sh` installs both (Debian's chromium with apt-get, Playwright from requirements-browser.txt).
+# Every test saves a screenshot under test-artifacts/screenshots/.
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import psycopg
 import pytest
 import requests
 
-from tests.conftest import ROOT, WEBHOOK, LiveServer
+from tests.helpers import ROOT, WEBHOOK, LiveServer
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page

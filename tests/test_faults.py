@@ -1,9 +1,7 @@
-"""Fault scenarios with servers the tests own and stop: each ends with the companies and Redis namespaces that a
-run without faults produces."""
+"""Faults on servers the tests own and stop: each scenario ends with the companies and namespaces a run without faults gives."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import psycopg
@@ -11,7 +9,7 @@ import pytest
 
 from multibackend.cli import apply_schema
 from multibackend.extensions import db
-from tests.conftest import WEBHOOK, companies_state, namespaces_state, run_command
+from tests.helpers import WEBHOOK, companies_state, namespaces_state, reconcile
 from tests.servers import DisposablePostgres, DisposableRedis
 
 DELIVERIES = [{"id": i, "name": f"Company {i}", "event": "account_created", "users": []} for i in range(1, 7)]
@@ -67,9 +65,9 @@ def test_postgres_goes_away_mid_test(faulty_app, postgres, own_redis, expected_s
         assert elapsed < 5.0
     assert faulty_app.test_client().get("/readyz").status_code == 503
     postgres.start()
-    result = run_command(faulty_app, "reconcile")
-    assert result.exit_code == 0, result.output
-    assert "5 replayed" in result.output
+    summary = reconcile(faulty_app)
+    assert summary.ok, summary.problems
+    assert summary.replayed == 5
     assert (companies_state(postgres.url), namespaces_state(own_redis.client())) == expected_state
     assert client.post(WEBHOOK, json=DELIVERIES[0]).json["data"]["created"] is False
 
@@ -91,9 +89,9 @@ def test_postgres_and_redis_down_answer_503_then_backfill_recovers(faulty_app, p
         assert elapsed < 5.0
     postgres.start()
     own_redis.start()  # an empty Redis: the first three namespaces are gone too
-    result = run_command(faulty_app, "reconcile")
-    assert result.exit_code == 0, result.output
-    assert "3 created" in result.output and "3 restored" in result.output
+    summary = reconcile(faulty_app)
+    assert summary.ok, summary.problems
+    assert (summary.created, summary.restored) == (3, 3)
     assert (companies_state(postgres.url), namespaces_state(own_redis.client())) == expected_state
 
 
@@ -108,9 +106,9 @@ def test_redis_restarts_empty_mid_test(faulty_app, postgres, own_redis, expected
         assert elapsed < 5.0
     assert client.get("/readyz").json["data"]["checks"]["redis"].startswith("unreachable")
     own_redis.start()
-    result = run_command(faulty_app, "reconcile")
-    assert result.exit_code == 0, result.output
-    assert "3 provisioned" in result.output
+    summary = reconcile(faulty_app)
+    assert summary.ok, summary.problems
+    assert summary.provisioned == 3
     assert (companies_state(postgres.url), namespaces_state(own_redis.client())) == expected_state
 
 
@@ -127,8 +125,7 @@ def test_a_hung_database_cannot_hold_the_answer(faulty_app, postgres, own_redis,
         locker.close()
     assert response.status_code == 202
     assert elapsed < 4.0  # DATABASE_STATEMENT_TIMEOUT_MS (2 s) ends the wait, well within Chatwoot's 5 s
-    result = run_command(faulty_app, "reconcile")
-    assert "1 replayed" in result.output
+    assert reconcile(faulty_app).replayed == 1
     assert (companies_state(postgres.url), namespaces_state(own_redis.client())) == expected_state
 
 
@@ -143,16 +140,27 @@ def test_pooled_connections_survive_a_postgres_restart(faulty_app, postgres, own
     assert (companies_state(postgres.url), namespaces_state(own_redis.client())) == expected_state
 
 
-def test_readiness_endpoints(faulty_app, postgres, own_redis):
-    client = faulty_app.test_client()
-    assert client.get("/livez").json == {"success": True, "data": {"status": "alive"}}
-    ready = client.get("/readyz")
+def test_readyz_is_ok_when_the_database_and_redis_answer(faulty_app):
+    ready = faulty_app.test_client().get("/readyz")
     assert ready.status_code == 200 and ready.json["data"]["checks"] == {"database": "ok", "redis": "ok"}
+
+
+def test_readyz_names_redis_when_it_is_down(faulty_app, own_redis):
     own_redis.stop()
-    not_ready = client.get("/readyz")
+    not_ready = faulty_app.test_client().get("/readyz")
     assert not_ready.status_code == 503
     assert not_ready.json["code"] == "not_ready" and "redis" in not_ready.json["error"]
+
+
+def test_readyz_names_every_dependency_that_is_down(faulty_app, postgres, own_redis):
+    own_redis.stop()
     postgres.stop()
-    both = client.get("/readyz").json
-    assert both["error"] == "Not ready: database, redis"
+    assert faulty_app.test_client().get("/readyz").json["error"] == "Not ready: database, redis"
+
+
+def test_livez_answers_whatever_the_dependencies_do(faulty_app, postgres, own_redis):
+    client = faulty_app.test_client()
+    assert client.get("/livez").json == {"success": True, "data": {"status": "alive"}}
+    own_redis.stop()
+    postgres.stop()
     assert client.get("/livez").status_code == 200

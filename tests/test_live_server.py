@@ -1,4 +1,4 @@
-"""The production command under load: gunicorn, several workers, real PostgreSQL and Redis."""
+"""The production command (gunicorn, several workers): concurrent duplicates make one company, metrics add up, logs hide secrets."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import requests
 
-from tests.conftest import LIVE_SECRET, WEBHOOK
+from tests.helpers import LIVE_SECRET, WEBHOOK, LiveServer
 
 ACCOUNT_ID = 777001
 
@@ -65,7 +65,6 @@ def test_prometheus_metrics_add_up_across_workers(live_server):
     for account_id in range(777100, 777130):
         session.post(f"{live_server.url}{WEBHOOK}?token={LIVE_SECRET}", json={"id": account_id, "name": "Prom"}, timeout=10)
         requests.get(f"{live_server.url}/api/chatwoot/webhooks/company/{account_id}", timeout=10)  # new connection
-    assert requests.get(f"{live_server.url}/metrics", timeout=10).status_code == 401
     text = requests.get(f"{live_server.url}/metrics?token={LIVE_SECRET}", timeout=10).text
     samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line and not line.startswith("#")}
     assert samples['chatwoot_webhook_deliveries_total{outcome="created"}'] >= 30
@@ -75,9 +74,11 @@ def test_prometheus_metrics_add_up_across_workers(live_server):
     assert "chatwoot_spool_length" in samples
 
 
-def test_json_logs(database_url, redis_url, tmp_path):
-    from tests.conftest import LiveServer
+def test_prometheus_metrics_need_the_token(live_server):
+    assert requests.get(f"{live_server.url}/metrics", timeout=10).status_code == 401
 
+
+def test_json_logs_carry_the_account_and_the_outcome(database_url, redis_url, tmp_path):
     server = LiveServer(
         {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "CHATWOOT_WEBHOOK_SECRET": LIVE_SECRET,
          "WEB_CONCURRENCY": "1", "LOG_FORMAT": "json"},
@@ -99,7 +100,6 @@ def test_json_logs(database_url, redis_url, tmp_path):
 
 def test_smoke_script_signs_lookups_when_the_backend_wants_it(database_url, redis_url, tmp_path, capsys):
     import test_chatwoot_webhook
-    from tests.conftest import LiveServer
 
     server = LiveServer(
         {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "CHATWOOT_WEBHOOK_SECRET": LIVE_SECRET,

@@ -1,4 +1,4 @@
-"""GET company/<account_id> (what the iframe polls) and GET metrics."""
+"""GET company/<account_id> (what the iframe polls) answers from the cache in step with writes; GET metrics adds up."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from multibackend.services import sync_metrics
-from tests.conftest import WEBHOOK, free_port, run_command
+from tests.helpers import WEBHOOK, free_port, reconcile
 
 LOOKUP = "/api/chatwoot/webhooks/company/"
 METRICS = "/api/chatwoot/webhooks/metrics"
@@ -43,6 +43,10 @@ def test_lookup_of_an_unknown_account_says_it_does_not_exist(client, clean_datab
 def test_lookup_does_not_confuse_account_1_with_12(client, clean_database):
     client.post(WEBHOOK, json={"id": 12, "name": "Twelve"})
     assert client.get(LOOKUP + "1").json["data"]["exists"] is False
+
+
+def test_lookup_reads_leading_zeros_as_the_same_account(client, clean_database):
+    client.post(WEBHOOK, json={"id": 12, "name": "Twelve"})
     assert client.get(LOOKUP + "012").json["data"]["company_id"] == "chatwoot_12"
 
 
@@ -81,7 +85,7 @@ def insert_events(database_url, rows):
         )
 
 
-def test_metrics_arithmetic(client, clean_database):
+def test_metrics_add_up_the_recorded_events(client, clean_database):
     base = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
     rows = [(str(i), f"chatwoot_{i}", "success", True, 10.0, None, base + timedelta(seconds=i)) for i in range(1, 6)]
     rows += [(str(i), None, "failed", False, 40.0, f"database error {i}", base + timedelta(seconds=i)) for i in range(6, 20)]
@@ -148,9 +152,7 @@ def test_status_changes_and_renames_show_at_once(make_app, clean_database, redis
     client = app.test_client()
     assert client.get(LOOKUP + "42").json["data"]["provisioning_status"] == "pending"
     chatwoot_db.add_accounts([(42, "Acme Renamed")])
-    from tests.conftest import run_command
-
-    assert run_command(app, "reconcile").exit_code == 0
+    assert reconcile(app).ok
     data = client.get(LOOKUP + "42").json["data"]
     assert (data["company_name"], data["provisioning_status"]) == ("Acme Renamed", "ready")
 
@@ -179,15 +181,30 @@ def test_reading_metrics_never_writes(client, clean_database):
     assert totals_row(clean_database) is None
 
 
-def test_the_reconciler_folds_history_into_running_totals(app, client, clean_database):
+def folded_history(app, client, clean_database):
+    """1501 settled events (every 4th failed), a second apart from two days ago, folded by a reconcile: (two days
+    ago, the metrics before the fold, the metrics after it)."""
     old = datetime.now(timezone.utc) - timedelta(days=2)
     rows = [(str(i), f"chatwoot_{i}", "success" if i % 4 else "failed", True, float(i % 7), None if i % 4 else "boom", old + timedelta(seconds=i)) for i in range(1, 1502)]
     insert_events(clean_database, rows)
     before = client.get(METRICS).json["data"]
-    assert run_command(app, "reconcile").exit_code == 0
+    assert reconcile(app).ok
+    return old, before, client.get(METRICS).json["data"]
+
+
+def test_the_reconciler_folds_settled_history_into_running_totals(app, client, clean_database):
+    folded_history(app, client, clean_database)
     assert totals_row(clean_database) == (1501, 1501)
-    first = client.get(METRICS).json["data"]
-    assert first == before
+
+
+def test_folding_leaves_the_metrics_as_they_were(app, client, clean_database):
+    old, before, after = folded_history(app, client, clean_database)
+    assert after == before
+    assert after["last_sync"] == (old + timedelta(seconds=1501)).isoformat().replace("+00:00", "Z")
+
+
+def test_metrics_after_a_fold_add_the_newer_events(app, client, clean_database):
+    _, _, first = folded_history(app, client, clean_database)
     insert_events(clean_database, [("9", "chatwoot_9", "failed", False, 100.0, "late error", datetime.now(timezone.utc))])
     second = client.get(METRICS).json["data"]
     assert first["total_syncs"] == 1501 and second["total_syncs"] == 1502
@@ -195,7 +212,6 @@ def test_the_reconciler_folds_history_into_running_totals(app, client, clean_dat
     expected_sum = sum(float(i % 7) for i in range(1, 1502)) + 100.0
     assert second["avg_latency_ms"] == round(expected_sum / 1502, 2)
     assert second["recent_errors"][0]["error"] == "late error"
-    assert first["last_sync"] == (old + timedelta(seconds=1501)).isoformat().replace("+00:00", "Z")
 
 
 def test_recent_events_are_not_folded_until_settled(app, client, clean_database):

@@ -1,4 +1,4 @@
-"""Tenant provisioning: Redis namespace, index registry, status, the tenant_provisioned signal, Redis failures."""
+"""Provisioning: ready means namespace, index and one tenant_provisioned signal; a failure leaves the company pending, never lost."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from multibackend.services.delivery_spool import SPOOL_KEY
 from multibackend.services.tenant_naming import tenant_names
 from multibackend.services.tenant_provisioning import VECTORSTORE_REGISTRY_KEY, tenant_provisioned
-from tests.conftest import tenant_data_keys, WEBHOOK, count_rows, free_port
+from tests.helpers import WEBHOOK, count_rows, free_port, tenant_data_keys
 
 ACCOUNT = {"id": 42, "name": "Acme Corp", "event": "account_created", "users": []}
 
@@ -89,6 +89,9 @@ def test_redis_down_keeps_the_company_pending(make_app, clean_database, redis_cl
     assert status == "pending" and "Redis unavailable" in error
     assert count_rows(clean_database, "companies") == 1
 
+
+def test_a_repeat_delivery_finishes_provisioning_once_redis_is_back(make_app, clean_database, redis_client):
+    deliver(make_app(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0").test_client())
     up = make_app().test_client()
     retried = deliver(up).json["data"]
     assert (retried["created"], retried["provisioning_status"], retried["redis"]) == (False, "ready", "ready")
@@ -150,19 +153,25 @@ def test_database_down_spools_the_delivery_and_answers_202(make_app, clean_datab
     assert redis_client.llen(SPOOL_KEY) == 1
 
 
-def test_database_and_redis_down_answer_503_json(make_app, clean_database):
-    client = make_app(
+def client_with_both_stores_down(make_app):
+    return make_app(
         DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere", REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"
     ).test_client()
-    response = deliver(client)
+
+
+def test_database_and_redis_down_answer_503_json(make_app, clean_database):
+    response = deliver(client_with_both_stores_down(make_app))
     assert response.status_code == 503
     assert response.json == {"success": False, "error": "The database is unavailable, try again later", "code": "service_unavailable"}
     assert response.headers["Retry-After"].isdigit()
-    lookup = client.get("/api/chatwoot/webhooks/company/42")
+
+
+def test_lookups_answer_503_json_when_both_stores_are_down(make_app, clean_database):
+    lookup = client_with_both_stores_down(make_app).get("/api/chatwoot/webhooks/company/42")
     assert lookup.status_code == 503 and lookup.json["code"] == "service_unavailable"
 
 
 @pytest.mark.parametrize("account_id", [1, 2**63 - 1])
-def test_extreme_account_ids(client, clean_database, account_id):
+def test_extreme_account_ids_get_their_company(client, clean_database, account_id):
     data = deliver(client, {"id": account_id, "name": "Edge"}).json["data"]
     assert data["company_id"] == f"chatwoot_{account_id}"

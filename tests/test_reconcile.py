@@ -1,4 +1,4 @@
-"""flask chatwoot reconcile: backfill, renames, marks, spool replay, retries with backoff, Redis rebuild, locking."""
+"""The reconciler brings companies and namespaces to what Chatwoot and PostgreSQL say, and its summary tells; so does its command."""
 
 from __future__ import annotations
 
@@ -10,54 +10,109 @@ import sys
 import time
 
 import psycopg
-import pytest
 
 from multibackend.services.delivery_spool import SPOOL_KEY
-from tests.conftest import tenant_data_keys, ROOT, WEBHOOK, companies_state, count_rows, free_port, namespaces_state, run_command
+from tests.helpers import (
+    ROOT,
+    WEBHOOK,
+    companies_state,
+    count_rows,
+    free_port,
+    namespaces_state,
+    reconcile,
+    retry_failed,
+    run_command,
+    tenant_data_keys,
+)
+
+COUNTS = ("replayed", "created", "renamed", "marked", "provisioned", "restored", "failed")
 
 
-def test_backfill_rename_and_marks_from_the_chatwoot_database(make_app, clean_database, redis_client, chatwoot_db):
+def counts(summary):
+    return {name: getattr(summary, name) for name in COUNTS}
+
+
+def dead_redis_url():
+    return f"redis://127.0.0.1:{free_port()}/0"
+
+
+def dead_database_url():
+    return f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
+
+
+def backfilled(make_app, chatwoot_db):
+    """50 Chatwoot accounts (2 with control characters in its name, 3 suspended, 4 marked for deletion), account 1
+    also delivered by its webhook, then one reconcile: (app, its summary)."""
     chatwoot_db.add_accounts([(i, f"Account {i}") for i in range(1, 51)])
     chatwoot_db.execute("UPDATE accounts SET name = E'Tab\\tand  spaces \\x01 ' WHERE id = 2")
     chatwoot_db.execute("UPDATE accounts SET status = 1 WHERE id = 3")
     chatwoot_db.execute("""UPDATE accounts SET custom_attributes = '{"marked_for_deletion_at": "2026-11-01T00:00:00Z"}' WHERE id = 4""")
     app = make_app(CHATWOOT_DATABASE_URL=chatwoot_db.url)
     app.test_client().post(WEBHOOK, json={"id": 1, "name": "Account 1"})
+    return app, reconcile(app)
 
-    result = run_command(app, "reconcile")
-    assert result.exit_code == 0, result.output
-    assert "49 created" in result.output and "0 failed" in result.output
+
+# ---- backfill, renames and marks from Chatwoot ---------------------------------------------------------------
+
+
+def test_backfill_creates_the_companies_whose_webhook_never_arrived(make_app, clean_database, redis_client, chatwoot_db):
+    _, summary = backfilled(make_app, chatwoot_db)
+    assert summary.ok, summary.problems
+    assert (summary.created, summary.failed) == (49, 0)
+    assert len(companies_state(clean_database)) == 50
+    assert len(redis_client.keys("chatwoot_*:tenant")) == 50
+
+
+def test_backfill_normalises_the_names_chatwoot_stores(make_app, clean_database, redis_client, chatwoot_db):
+    backfilled(make_app, chatwoot_db)
+    assert companies_state(clean_database)["chatwoot_2"] == ("Taband  spaces", "ready", "active")
+
+
+def test_backfill_takes_each_accounts_status(make_app, clean_database, redis_client, chatwoot_db):
+    backfilled(make_app, chatwoot_db)
     state = companies_state(clean_database)
-    assert len(state) == 50
-    assert state["chatwoot_2"] == ("Taband  spaces", "ready", "active")
     assert state["chatwoot_3"][2] == "suspended"
     assert state["chatwoot_4"][2] == "deletion_pending"
     assert redis_client.hget("chatwoot_3:tenant", "chatwoot_status") == "suspended"
-    assert len(redis_client.keys("chatwoot_*:tenant")) == 50
 
-    again = run_command(app, "reconcile")
-    assert "0 created, 0 renamed, 0 marked, 0 provisioned, 0 restored, 0 failed" in again.output
 
+def test_a_second_reconcile_changes_nothing(make_app, clean_database, redis_client, chatwoot_db):
+    app, _ = backfilled(make_app, chatwoot_db)
+    assert counts(reconcile(app)) == dict.fromkeys(COUNTS, 0)
+
+
+def test_renames_in_chatwoot_are_followed(make_app, clean_database, redis_client, chatwoot_db):
+    app, _ = backfilled(make_app, chatwoot_db)
     chatwoot_db.execute("UPDATE accounts SET name = 'Renamed Co' WHERE id = 5")
+    summary = reconcile(app)
+    assert (summary.renamed, summary.marked) == (1, 0)
+    assert companies_state(clean_database)["chatwoot_5"][0] == "Renamed Co"
+    assert redis_client.hget("chatwoot_5:tenant", "company_name") == "Renamed Co"
+
+
+def test_status_changes_in_chatwoot_are_marked(make_app, clean_database, redis_client, chatwoot_db):
+    app, _ = backfilled(make_app, chatwoot_db)
     chatwoot_db.execute("UPDATE accounts SET status = 0 WHERE id = 3")
     chatwoot_db.execute("DELETE FROM accounts WHERE id = 6")
-    result = run_command(app, "reconcile")
-    assert "1 renamed, 2 marked" in result.output
-    state = companies_state(clean_database)
-    assert state["chatwoot_5"][0] == "Renamed Co"
-    assert state["chatwoot_3"][2] == "active"
-    assert state["chatwoot_6"] == ("Account 6", "ready", "deleted")  # marked, never deleted
-    assert redis_client.hget("chatwoot_5:tenant", "company_name") == "Renamed Co"
+    summary = reconcile(app)
+    assert (summary.renamed, summary.marked) == (0, 2)
+    assert companies_state(clean_database)["chatwoot_3"][2] == "active"
+
+
+def test_deleted_accounts_are_marked_never_removed(make_app, clean_database, redis_client, chatwoot_db):
+    app, _ = backfilled(make_app, chatwoot_db)
+    chatwoot_db.execute("DELETE FROM accounts WHERE id = 6")
+    assert reconcile(app).marked == 1
+    assert companies_state(clean_database)["chatwoot_6"] == ("Account 6", "ready", "deleted")
     assert redis_client.hget("chatwoot_6:tenant", "chatwoot_status") == "deleted"
     assert app.test_client().get("/api/chatwoot/webhooks/company/6").json["data"]["chatwoot_status"] == "deleted"
 
 
-def test_dry_run_reports_and_writes_nothing(make_app, clean_database, redis_client, chatwoot_db):
+def test_dry_run_counts_what_would_change_and_writes_nothing(make_app, clean_database, redis_client, chatwoot_db):
     chatwoot_db.add_accounts([(i, f"Account {i}") for i in range(1, 6)])
-    app = make_app(CHATWOOT_DATABASE_URL=chatwoot_db.url)
-    result = run_command(app, "reconcile", "--dry-run")
-    assert result.exit_code == 0, result.output
-    assert "(dry run)" in result.output and "5 would be created" in result.output
+    summary = reconcile(make_app(CHATWOOT_DATABASE_URL=chatwoot_db.url), dry_run=True)
+    assert summary.ok, summary.problems
+    assert (summary.dry_run, summary.created) == (True, 5)
     assert count_rows(clean_database, "companies") == 0
     assert tenant_data_keys(redis_client) == []
 
@@ -65,9 +120,9 @@ def test_dry_run_reports_and_writes_nothing(make_app, clean_database, redis_clie
 def test_empty_chatwoot_source_never_marks_everything_deleted(make_app, clean_database, chatwoot_db):
     app = make_app(CHATWOOT_DATABASE_URL=chatwoot_db.url)
     app.test_client().post(WEBHOOK, json={"id": 7, "name": "Seven"})
-    result = run_command(app, "reconcile")
-    assert result.exit_code == 1
-    assert "lists no accounts at all" in result.output
+    summary = reconcile(app)
+    assert not summary.ok
+    assert any("lists no accounts at all" in problem for problem in summary.problems)
     assert companies_state(clean_database)["chatwoot_7"][2] == "active"
 
 
@@ -75,50 +130,74 @@ def test_backfill_of_10000_missing_accounts(make_app, clean_database, redis_clie
     chatwoot_db.add_accounts([(i, f"Company {i}") for i in range(1, 10_001)])
     app = make_app(CHATWOOT_DATABASE_URL=chatwoot_db.url)
     started = time.perf_counter()
-    result = run_command(app, "reconcile")
+    summary = reconcile(app)
     elapsed = time.perf_counter() - started
-    assert result.exit_code == 0, result.output
-    assert "10000 created" in result.output
+    assert summary.ok, summary.problems
+    assert summary.created == 10_000
     assert count_rows(clean_database, "companies") == 10_000
     assert len(list(redis_client.scan_iter("chatwoot_*:tenant", count=1000))) == 10_000
     print(f"\nbackfill of 10,000 accounts: {elapsed:.2f} s")
 
 
-def test_platform_api_source(make_app, clean_database, redis_client, platform_api):
+def test_companies_created_while_the_listing_ran_are_never_marked_gone(make_app, clean_database, chatwoot_db):
+    chatwoot_db.add_accounts([(1, "One")])
+    app = make_app(CHATWOOT_DATABASE_URL=chatwoot_db.url)
+    client = app.test_client()
+    for account_id in (1, 2, 3):
+        client.post(WEBHOOK, json={"id": account_id, "name": f"Account {account_id}"})
+    with psycopg.connect(clean_database) as connection:  # 2 existed before; 3 "signed up" after the listing began
+        connection.execute("UPDATE companies SET created_at = now() - interval '1 hour' WHERE chatwoot_account_id IN ('1', '2')")
+        connection.execute("UPDATE companies SET created_at = now() + interval '1 minute' WHERE chatwoot_account_id = '3'")
+    assert reconcile(app).ok
+    state = companies_state(clean_database)
+    assert (state["chatwoot_2"][2], state["chatwoot_3"][2]) == ("deleted", "active")
+
+
+# ---- the Platform API as the source --------------------------------------------------------------------------
+
+
+def test_platform_api_source_creates_and_marks_the_visible_accounts(make_app, clean_database, redis_client, platform_api):
     platform_api.add(1, "Visible One")
     platform_api.add(2, "Visible Two", status="suspended")
+    summary = reconcile(make_app(CHATWOOT_API_URL=platform_api.url, CHATWOOT_PLATFORM_TOKEN=platform_api.token))
+    assert summary.ok, summary.problems
+    state = companies_state(clean_database)
+    assert state["chatwoot_1"] == ("Visible One", "ready", "active")
+    assert state["chatwoot_2"][2] == "suspended"
+
+
+def test_platform_api_source_marks_gone_only_the_accounts_it_answers_404_for(make_app, clean_database, redis_client, platform_api):
+    platform_api.add(1, "Visible One")
     platform_api.add(3, "Not Ours", visible=False)  # exists, but this platform app may not see it
     app = make_app(CHATWOOT_API_URL=platform_api.url, CHATWOOT_PLATFORM_TOKEN=platform_api.token)
     client = app.test_client()
     client.post(WEBHOOK, json={"id": 3, "name": "Not Ours"})
     client.post(WEBHOOK, json={"id": 4, "name": "Deleted Since"})
-
-    result = run_command(app, "reconcile")
-    assert result.exit_code == 0, result.output
+    assert reconcile(app).ok
     state = companies_state(clean_database)
-    assert state["chatwoot_1"] == ("Visible One", "ready", "active")
-    assert state["chatwoot_2"][2] == "suspended"
     assert state["chatwoot_3"][2] == "active"  # 401 Non permissible resource: not known to be gone
     assert state["chatwoot_4"][2] == "deleted"  # 404: gone
 
 
 def test_platform_api_refusing_the_token_fails_the_run(make_app, clean_database, platform_api):
-    app = make_app(CHATWOOT_API_URL=platform_api.url, CHATWOOT_PLATFORM_TOKEN="wrong")
-    result = run_command(app, "reconcile")
-    assert result.exit_code == 1
-    assert "401" in result.output and "Invalid access_token" in result.output
+    summary = reconcile(make_app(CHATWOOT_API_URL=platform_api.url, CHATWOOT_PLATFORM_TOKEN="wrong"))
+    assert not summary.ok
+    assert any("401" in problem and "Invalid access_token" in problem for problem in summary.problems)
+
+
+# ---- the spool of deliveries that arrived while PostgreSQL was down ------------------------------------------
 
 
 def test_spooled_deliveries_are_replayed_idempotently(make_app, clean_database, redis_client):
-    down = make_app(DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere").test_client()
+    down = make_app(DATABASE_URL=dead_database_url()).test_client()
     for body in ({"id": 1, "name": "One"}, {"id": 2, "name": "Two"}, {"id": 1, "name": "One"}):
         assert down.post(WEBHOOK, json=body).status_code == 202
     assert redis_client.llen(SPOOL_KEY) == 3
     app = make_app()
     app.test_client().post(WEBHOOK, json={"id": 2, "name": "Two"})
-    result = run_command(app, "reconcile")
-    assert result.exit_code == 0, result.output
-    assert "3 replayed" in result.output
+    summary = reconcile(app)
+    assert summary.ok, summary.problems
+    assert summary.replayed == 3
     assert set(companies_state(clean_database)) == {"chatwoot_1", "chatwoot_2"}
     assert redis_client.llen(SPOOL_KEY) == 0
     metrics = app.test_client().get("/api/chatwoot/webhooks/metrics").json["data"]
@@ -126,61 +205,136 @@ def test_spooled_deliveries_are_replayed_idempotently(make_app, clean_database, 
 
 
 def test_spool_stays_when_the_database_is_still_down(make_app, clean_database, redis_client):
-    down = make_app(DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere")
+    down = make_app(DATABASE_URL=dead_database_url())
     down.test_client().post(WEBHOOK, json={"id": 1, "name": "One"})
-    result = run_command(down, "reconcile")
-    assert result.exit_code == 1
-    assert "database unavailable (OperationalError): nothing reconciled, the spool is kept" in result.output
-    assert "Traceback" not in result.output
+    summary = reconcile(down)
+    assert not summary.ok
+    assert "database unavailable (OperationalError): nothing reconciled, the spool is kept" in summary.problems
     assert redis_client.llen(SPOOL_KEY) == 1
 
 
 def test_unreadable_spool_entries_go_to_a_dead_letter_list(make_app, clean_database, redis_client):
     redis_client.lpush(SPOOL_KEY, "not json", json.dumps({"id": 5, "name": "Five", "received_at": "x"}))
-    result = run_command(make_app(), "reconcile")
-    assert "1 replayed" in result.output
+    assert reconcile(make_app()).replayed == 1
     assert redis_client.lrange(SPOOL_KEY + ":dead", 0, -1) == ["not json"]
     assert set(companies_state(clean_database)) == {"chatwoot_5"}
 
 
-def test_pending_companies_retry_with_backoff_then_give_up(make_app, clean_database, redis_client):
-    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
-    down = make_app(REDIS_URL=dead_redis, RECONCILE_MAX_ATTEMPTS=3, RECONCILE_BACKOFF_SECONDS=0)
-    assert down.test_client().post(WEBHOOK, json={"id": 9, "name": "Nine"}).json["data"]["provisioning_status"] == "pending"
+def test_a_delivery_that_cannot_be_replayed_goes_to_dead_letters_and_the_rest_go_on(make_app, clean_database, redis_client):
+    with psycopg.connect(clean_database) as connection:  # an older row that holds chatwoot_7 for another account
+        connection.execute(
+            "INSERT INTO companies (company_id, company_name, chatwoot_account_id, redis_prefix, vectorstore_index)"
+            " VALUES ('chatwoot_7', 'Old', '77', 'chatwoot_7:', 'chatwoot_7_documents')"
+        )
+    for raw in ('{"id": 7, "name": "Seven"}', '"5"', '{"id": 8, "name": "Eight"}'):
+        redis_client.lpush(SPOOL_KEY, raw)
+    summary = reconcile(make_app())
+    assert summary.ok, summary.problems
+    assert summary.replayed == 1
+    assert "chatwoot_8" in companies_state(clean_database)
+    assert sorted(redis_client.lrange(SPOOL_KEY + ":dead", 0, -1)) == ['"5"', '{"id": 7, "name": "Seven"}']
+    assert redis_client.llen(SPOOL_KEY) == 0
 
-    first = run_command(down, "reconcile")
-    assert first.exit_code == 1 and "1 companies could not be provisioned yet" in first.output
-    second = run_command(down, "reconcile")
-    assert second.exit_code == 1
+
+def test_a_spooled_delivery_is_found_by_the_lookup_once_postgres_is_back(make_app, clean_database, redis_client):
+    down = make_app(DATABASE_URL=dead_database_url()).test_client()
+    assert down.post(WEBHOOK, json={"id": 31, "name": "Spooled Co"}).status_code == 202
+    app = make_app()
+    data = app.test_client().get("/api/chatwoot/webhooks/company/31").json["data"]
+    assert (data["exists"], data["company_name"]) == (True, "Spooled Co")  # not after the worker's next run: now
+    assert reconcile(app).replayed == 1
+    assert count_rows(clean_database, "chatwoot_sync_events") == 1  # one delivery, one sync
+
+
+# ---- provisioning retries, backoff and giving up -------------------------------------------------------------
+
+
+def given_up(make_app, clean_database):
+    """Company 9, pending since Redis was down at its delivery, after two reconciles with Redis still down and at
+    most 3 attempts: it gave up. Returns the app (Redis still down)."""
+    down = make_app(REDIS_URL=dead_redis_url(), RECONCILE_MAX_ATTEMPTS=3, RECONCILE_BACKOFF_SECONDS=0)
+    assert down.test_client().post(WEBHOOK, json={"id": 9, "name": "Nine"}).json["data"]["provisioning_status"] == "pending"
+    reconcile(down)
+    reconcile(down)
+    assert companies_state(clean_database)["chatwoot_9"][1] == "failed"
+    return down
+
+
+def test_provisioning_is_retried_until_the_attempts_run_out(make_app, clean_database, redis_client):
+    down = make_app(REDIS_URL=dead_redis_url(), RECONCILE_MAX_ATTEMPTS=3, RECONCILE_BACKOFF_SECONDS=0)
+    assert down.test_client().post(WEBHOOK, json={"id": 9, "name": "Nine"}).json["data"]["provisioning_status"] == "pending"
+    first = reconcile(down)
+    assert not first.ok
+    assert "1 companies could not be provisioned yet" in first.problems
+    assert not reconcile(down).ok
     with psycopg.connect(clean_database) as connection:
         status, error, attempts = connection.execute(
             "SELECT provisioning_status, provisioning_error, provisioning_attempts FROM companies"
         ).fetchone()
     assert (status, attempts) == ("failed", 3)
     assert error.startswith("gave up after 3 attempts: Redis unavailable")
-    third = run_command(down, "reconcile")
-    assert "gave up after 3 attempts" in third.output and third.exit_code == 1
 
+
+def test_a_company_that_gave_up_is_reported_on_every_run(make_app, clean_database, redis_client):
+    summary = reconcile(given_up(make_app, clean_database))
+    assert not summary.ok
+    assert any("gave up after 3 attempts" in problem for problem in summary.problems)
+
+
+def test_a_company_that_gave_up_is_not_retried_by_itself(make_app, clean_database, redis_client):
+    given_up(make_app, clean_database)
+    assert not reconcile(make_app(RECONCILE_MAX_ATTEMPTS=3)).ok  # Redis is back, yet nothing retries it
+    assert companies_state(clean_database)["chatwoot_9"][1] == "failed"
+
+
+def test_retry_failed_gives_a_fresh_set_of_attempts(make_app, clean_database, redis_client):
+    given_up(make_app, clean_database)
     up = make_app(RECONCILE_MAX_ATTEMPTS=3)
-    assert run_command(up, "reconcile").exit_code == 1  # still given up: nothing retries it by itself
-    result = run_command(up, "reconcile", "--retry-failed")
-    assert result.exit_code == 0, result.output
+    assert retry_failed(up) == 1
+    summary = reconcile(up)
+    assert summary.ok, summary.problems
     assert companies_state(clean_database)["chatwoot_9"][1] == "ready"
 
 
-def test_backoff_delays_the_next_attempt(make_app, clean_database):
+def test_retry_delay_doubles_from_the_second_retry_up_to_an_hour():
     from multibackend.models.company import retry_delay
 
     assert [retry_delay(n, 30) for n in (1, 2, 3, 4, 10)] == [0, 30, 60, 120, 3600]
-    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
-    down = make_app(REDIS_URL=dead_redis, RECONCILE_BACKOFF_SECONDS=3600)
+
+
+def retried_once(make_app):
+    """Company 9, pending since Redis was down at its delivery, after its first retry (Redis still down, backoff 1 h)."""
+    down = make_app(REDIS_URL=dead_redis_url(), RECONCILE_BACKOFF_SECONDS=3600)
     down.test_client().post(WEBHOOK, json={"id": 9, "name": "Nine"})
-    assert "1 companies could not be provisioned yet" in run_command(down, "reconcile").output  # first retry: at once
-    result = run_command(make_app(RECONCILE_BACKOFF_SECONDS=3600), "reconcile")
-    assert "0 provisioned" in result.output  # the second waits for its backoff
+    return reconcile(down)
+
+
+def test_the_first_retry_is_immediate(make_app, clean_database, redis_client):
+    assert "1 companies could not be provisioned yet" in retried_once(make_app).problems
+
+
+def test_later_retries_wait_for_their_backoff(make_app, clean_database, redis_client):
+    retried_once(make_app)
+    assert reconcile(make_app(RECONCILE_BACKOFF_SECONDS=3600)).provisioned == 0
     with psycopg.connect(clean_database) as connection:
         connection.execute("UPDATE companies SET next_provisioning_at = now() - interval '1 second'")
-    assert "1 provisioned" in run_command(make_app(), "reconcile").output
+    assert reconcile(make_app()).provisioned == 1
+
+
+def test_a_company_without_an_account_id_is_the_hosts_and_left_alone(make_app, clean_database, redis_client):
+    with psycopg.connect(clean_database) as connection:
+        connection.execute(
+            "INSERT INTO companies (company_id, company_name, chatwoot_account_id, redis_prefix, vectorstore_index, provisioning_status)"
+            " VALUES ('acme_internal', 'Internal', NULL, 'acme_internal:', 'acme_internal_documents', 'pending')"
+        )
+    summary = reconcile(make_app())
+    assert summary.ok, summary.problems
+    assert (summary.provisioned, summary.restored) == (0, 0)
+    assert redis_client.exists("acme_internal:tenant") == 0
+    assert companies_state(clean_database)["acme_internal"] == ("Internal", "pending", "active")
+
+
+# ---- Redis rebuilt from PostgreSQL; one run at a time ---------------------------------------------------------
 
 
 def test_redis_flush_is_repaired_by_one_reconcile(make_app, clean_database, redis_client):
@@ -190,8 +344,9 @@ def test_redis_flush_is_repaired_by_one_reconcile(make_app, clean_database, redi
         client.post(WEBHOOK, json={"id": account_id, "name": f"Company {account_id}"})
     before = namespaces_state(redis_client)
     redis_client.flushdb()
-    result = run_command(app, "reconcile")
-    assert result.exit_code == 0 and "20 restored" in result.output
+    summary = reconcile(app)
+    assert summary.ok, summary.problems
+    assert summary.restored == 20
     assert namespaces_state(redis_client) == before
 
 
@@ -199,10 +354,73 @@ def test_a_second_reconcile_waits_its_turn(make_app, clean_database, database_ur
     app = make_app()
     with psycopg.connect(database_url, autocommit=True) as holder:
         holder.execute("SELECT pg_advisory_lock(4242002)")
+        summary = reconcile(app)
+        holder.execute("SELECT pg_advisory_unlock(4242002)")
+    assert summary.locked_out is True
+    assert summary.ok  # waiting is not a failure
+
+
+# ---- the command: exit codes, what it prints, --dry-run, --retry-failed, progress, --watch --------------------
+
+
+def test_reconcile_command_prints_one_summary_line_and_exits_0(make_app, clean_database, redis_client, chatwoot_db):
+    chatwoot_db.add_accounts([(1, "One"), (2, "Two"), (3, "Three")])
+    result = run_command(make_app(CHATWOOT_DATABASE_URL=chatwoot_db.url), "reconcile")
+    assert result.exit_code == 0, result.output
+    [line] = result.output.splitlines()
+    assert line.startswith("✓ [Chatwoot Sync] Reconcile: 0 replayed, 3 created, 0 renamed, 0 marked, 0 provisioned, ")
+    assert line.endswith(" 0 restored, 0 failed; company tabs: 0 created, 0 updated")
+
+
+def test_reconcile_command_exits_1_and_prints_each_problem(make_app, clean_database, chatwoot_db):
+    app = make_app(CHATWOOT_DATABASE_URL=chatwoot_db.url)
+    app.test_client().post(WEBHOOK, json={"id": 7, "name": "Seven"})
+    result = run_command(app, "reconcile")
+    assert result.exit_code == 1
+    assert "✗ [Chatwoot Sync] Reconcile:" in result.output
+    assert "lists no accounts at all" in result.output
+
+
+def test_reconcile_command_reports_an_unreachable_database_without_a_traceback(make_app, clean_database, redis_client):
+    down = make_app(DATABASE_URL=dead_database_url())
+    down.test_client().post(WEBHOOK, json={"id": 1, "name": "One"})
+    result = run_command(down, "reconcile")
+    assert result.exit_code == 1
+    assert "database unavailable (OperationalError): nothing reconciled, the spool is kept" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_reconcile_command_dry_run_says_what_would_be_done(make_app, clean_database, redis_client, chatwoot_db):
+    chatwoot_db.add_accounts([(i, f"Account {i}") for i in range(1, 6)])
+    result = run_command(make_app(CHATWOOT_DATABASE_URL=chatwoot_db.url), "reconcile", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "(dry run)" in result.output and "5 would be created" in result.output
+
+
+def test_reconcile_command_retry_failed_option(make_app, clean_database, redis_client):
+    given_up(make_app, clean_database)
+    result = run_command(make_app(RECONCILE_MAX_ATTEMPTS=3), "reconcile", "--retry-failed")
+    assert result.exit_code == 0, result.output
+    assert "1 companies get a fresh set of attempts" in result.output
+    assert companies_state(clean_database)["chatwoot_9"][1] == "ready"
+
+
+def test_reconcile_command_says_when_another_run_holds_the_lock(make_app, clean_database, database_url):
+    app = make_app()
+    with psycopg.connect(database_url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(4242002)")
         result = run_command(app, "reconcile")
         holder.execute("SELECT pg_advisory_unlock(4242002)")
     assert result.exit_code == 0
     assert "Another reconcile is running" in result.output
+
+
+def test_reconcile_command_shows_a_progress_bar_on_long_runs(make_app, clean_database, redis_client, chatwoot_db, monkeypatch):
+    monkeypatch.setattr("multibackend.cli.PROGRESS_THRESHOLD", 5)  # instead of thousands of accounts
+    chatwoot_db.add_accounts([(i, f"Account {i}") for i in range(1, 6)])
+    result = run_command(make_app(CHATWOOT_DATABASE_URL=chatwoot_db.url), "reconcile")
+    assert result.exit_code == 0, result.output
+    assert "Chatwoot accounts" in result.stderr
 
 
 def test_watch_mode_runs_until_sigterm(database_url, redis_url, clean_database):
@@ -223,54 +441,3 @@ def test_watch_mode_runs_until_sigterm(database_url, redis_url, clean_database):
 def test_procfile_has_a_reconcile_worker():
     lines = dict(line.split(":", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line.strip())
     assert "chatwoot reconcile --watch --interval" in lines["worker"]
-
-
-def test_companies_created_while_the_listing_ran_are_never_marked_gone(make_app, clean_database, chatwoot_db):
-    chatwoot_db.add_accounts([(1, "One")])
-    app = make_app(CHATWOOT_DATABASE_URL=chatwoot_db.url)
-    client = app.test_client()
-    for account_id in (1, 2, 3):
-        client.post(WEBHOOK, json={"id": account_id, "name": f"Account {account_id}"})
-    with psycopg.connect(clean_database) as connection:  # 2 existed before; 3 "signed up" after the listing began
-        connection.execute("UPDATE companies SET created_at = now() - interval '1 hour' WHERE chatwoot_account_id IN ('1', '2')")
-        connection.execute("UPDATE companies SET created_at = now() + interval '1 minute' WHERE chatwoot_account_id = '3'")
-    assert run_command(app, "reconcile").exit_code == 0
-    state = companies_state(clean_database)
-    assert (state["chatwoot_2"][2], state["chatwoot_3"][2]) == ("deleted", "active")
-
-
-def test_a_delivery_that_cannot_be_replayed_goes_to_dead_letters_and_the_rest_go_on(make_app, clean_database, redis_client):
-    with psycopg.connect(clean_database) as connection:  # an older row that holds chatwoot_7 for another account
-        connection.execute(
-            "INSERT INTO companies (company_id, company_name, chatwoot_account_id, redis_prefix, vectorstore_index)"
-            " VALUES ('chatwoot_7', 'Old', '77', 'chatwoot_7:', 'chatwoot_7_documents')"
-        )
-    for raw in ('{"id": 7, "name": "Seven"}', '"5"', '{"id": 8, "name": "Eight"}'):
-        redis_client.lpush(SPOOL_KEY, raw)
-    result = run_command(make_app(), "reconcile")
-    assert "1 replayed" in result.output and "Traceback" not in result.output
-    assert "chatwoot_8" in companies_state(clean_database)
-    assert sorted(redis_client.lrange(SPOOL_KEY + ":dead", 0, -1)) == ['"5"', '{"id": 7, "name": "Seven"}']
-    assert redis_client.llen(SPOOL_KEY) == 0
-
-
-def test_a_company_without_an_account_id_does_not_stop_the_worker(make_app, clean_database, redis_client):
-    with psycopg.connect(clean_database) as connection:
-        connection.execute(
-            "INSERT INTO companies (company_id, company_name, chatwoot_account_id, redis_prefix, vectorstore_index, provisioning_status)"
-            " VALUES ('acme_internal', 'Internal', NULL, 'acme_internal:', 'acme_internal_documents', 'pending')"
-        )
-    result = run_command(make_app(), "reconcile")
-    assert result.exit_code == 0, result.output
-    assert redis_client.hget("acme_internal:tenant", "company_name") == "Internal"
-
-
-def test_a_spooled_delivery_is_found_by_the_lookup_once_postgres_is_back(make_app, clean_database, redis_client):
-    down = make_app(DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere").test_client()
-    assert down.post(WEBHOOK, json={"id": 31, "name": "Spooled Co"}).status_code == 202
-    app = make_app()
-    data = app.test_client().get("/api/chatwoot/webhooks/company/31").json["data"]
-    assert (data["exists"], data["company_name"]) == (True, "Spooled Co")  # not after the worker's next run: now
-    result = run_command(app, "reconcile")
-    assert "1 replayed" in result.output
-    assert count_rows(clean_database, "chatwoot_sync_events") == 1  # one delivery, one sync

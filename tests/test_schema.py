@@ -61,7 +61,7 @@ def test_sql_file_and_models_describe_the_same_tables(engine):
         db.metadata.create_all(connection)
     inspector = inspect(engine)
     from_sql, from_models = describe(inspector, "from_sql"), describe(inspector, "from_models")
-    assert set(from_sql) == {"companies", "chatwoot_sync_events", "chatwoot_webhook_rejections", "chatwoot_sync_totals"}
+    assert set(from_sql) == {"companies", "chatwoot_sync_events", "chatwoot_webhook_rejections", "chatwoot_sync_totals", "chatwoot_tenant_announcements", "chatwoot_dashboard_tabs"}
     assert from_sql == from_models
     companies = from_sql["companies"]
     assert ("companies_chatwoot_account_id_key", ("chatwoot_account_id",)) in companies["unique"]

@@ -1,4 +1,4 @@
-"""Abuse limits (Flask-Limiter on Redis), signed lookups, and what never leaks into answers or logs."""
+"""Abuse is rate limited (never Chatwoot itself), lookups can require a signature, and nothing internal leaks into answers or logs."""
 
 from __future__ import annotations
 
@@ -7,21 +7,36 @@ import logging
 import pytest
 
 from multibackend.services.webhook_auth import lookup_signature, lookup_signature_valid
-from tests.conftest import WEBHOOK, count_rows, run_command
+from tests.helpers import WEBHOOK, count_rows, free_port, run_command
 
 LOOKUP = "/api/chatwoot/webhooks/company/"
 BODY = {"id": 42, "name": "Acme Corp", "event": "account_created", "users": []}
 
 
-def test_failed_authentication_is_rate_limited_across_workers(make_app, clean_database):
+def guessing_workers(make_app):
+    """Two app instances (workers) sharing a limit of 3 failed authentications a minute, sent 6 wrong tokens in
+    turn: (the statuses of those 6 answers, the first instance's client)."""
     settings = {"CHATWOOT_WEBHOOK_SECRET": "s3cret", "RATELIMIT_AUTH_FAILURES": "3 per minute"}
     first, second = make_app(**settings).test_client(), make_app(**settings).test_client()
     statuses = [client.post(f"{WEBHOOK}?token=guess{i}", json=BODY).status_code for i, client in enumerate([first, second] * 3)]
+    return statuses, first
+
+
+def test_failed_authentication_is_rate_limited_across_workers(make_app, clean_database):
+    statuses, _ = guessing_workers(make_app)
     assert statuses == [403, 403, 403, 429, 429, 429]  # the limit holds across app instances (Redis)
-    limited = first.post(f"{WEBHOOK}?token=guess", json=BODY)
+
+
+def test_a_rate_limited_answer_is_json_with_retry_after(make_app, clean_database):
+    _, client = guessing_workers(make_app)
+    limited = client.post(f"{WEBHOOK}?token=guess", json=BODY)
     assert limited.json == {"success": False, "error": "Too many requests", "code": "rate_limited"}
     assert int(limited.headers["Retry-After"]) > 0
-    assert first.post(f"{WEBHOOK}?token=s3cret", json=BODY).status_code == 200  # Chatwoot itself is never blocked
+
+
+def test_chatwoot_itself_is_never_blocked_by_the_limit(make_app, clean_database):
+    _, client = guessing_workers(make_app)
+    assert client.post(f"{WEBHOOK}?token=s3cret", json=BODY).status_code == 200
     assert count_rows(clean_database, "companies") == 1
 
 
@@ -49,8 +64,6 @@ def test_limits_work_without_redis(make_app, clean_database):
 
 
 def test_a_redis_outage_never_fails_a_request(make_app, clean_database):
-    from tests.conftest import free_port
-
     client = make_app(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", RATELIMIT_LOOKUP="100 per minute").test_client()
     assert client.get(LOOKUP + "1").status_code == 200
 
@@ -64,19 +77,36 @@ def test_rate_limit_settings_are_checked_at_start_up(value):
         create_app({"RATELIMIT_LOOKUP": value})
 
 
-def test_signed_lookups(make_app, clean_database):
-    app = make_app(CHATWOOT_EMBED_SECRET="embed-secret")
-    client = app.test_client()
+def signed_lookup_client(make_app):
+    """A client of an app whose lookups must be signed with embed-secret; company 42 exists."""
+    client = make_app(CHATWOOT_EMBED_SECRET="embed-secret").test_client()
     client.post(WEBHOOK, json=BODY)
+    return client
+
+
+def test_a_signed_lookup_is_answered(make_app, clean_database):
+    client = signed_lookup_client(make_app)
     good = lookup_signature("embed-secret", 42)
     assert client.get(f"{LOOKUP}42?sig={good}").json["data"]["company_id"] == "chatwoot_42"
     assert client.get(f"{LOOKUP}42?sig={good.upper()}").status_code == 200
+
+
+def test_a_wrong_lookup_signature_is_403(make_app, clean_database):
+    client = signed_lookup_client(make_app)
+    good = lookup_signature("embed-secret", 42)
     for bad in ("", "0" * 64, lookup_signature("embed-secret", 43), lookup_signature("other", 42), good[:-1], good + "0", "zz"):
         response = client.get(f"{LOOKUP}42?sig={bad}")
         assert response.status_code == 403
         assert response.json == {"success": False, "error": "Invalid lookup signature", "code": "invalid_signature"}
-    assert client.get(f"{LOOKUP}42").status_code == 403
-    assert client.get(f"{LOOKUP}abc?sig={good}").status_code == 400
+
+
+def test_an_unsigned_lookup_is_403_when_signatures_are_required(make_app, clean_database):
+    assert signed_lookup_client(make_app).get(f"{LOOKUP}42").status_code == 403
+
+
+def test_an_invalid_account_id_is_400_even_with_a_signature(make_app, clean_database):
+    client = signed_lookup_client(make_app)
+    assert client.get(f"{LOOKUP}abc?sig={lookup_signature('embed-secret', 42)}").status_code == 400
 
 
 def test_lookup_signature_verifier_never_raises():
@@ -84,14 +114,19 @@ def test_lookup_signature_verifier_never_raises():
         assert lookup_signature_valid("secret", 1, signature) is False
 
 
-def test_embed_url_command(make_app, clean_database):
+def test_embed_url_command_prints_the_signed_url(make_app, clean_database):
     app = make_app(CHATWOOT_EMBED_SECRET="embed-secret", PUBLIC_URL="https://backend.example/")
     result = run_command(app, "embed-url", "42")
     assert result.exit_code == 0
     assert result.output.strip() == f"https://backend.example/?accountId=42&sig={lookup_signature('embed-secret', 42)}"
-    open_app = make_app()
-    assert run_command(open_app, "embed-url", "42").output.strip().endswith("/?accountId=42")
-    assert run_command(open_app, "embed-url", "0").exit_code != 0
+
+
+def test_embed_url_command_prints_an_unsigned_url_without_the_secret(make_app, clean_database):
+    assert run_command(make_app(), "embed-url", "42").output.strip().endswith("/?accountId=42")
+
+
+def test_embed_url_command_refuses_an_invalid_account_id(make_app, clean_database):
+    assert run_command(make_app(), "embed-url", "0").exit_code != 0
 
 
 def test_unsigned_lookups_stay_open_without_the_setting(client, clean_database):
@@ -112,8 +147,6 @@ def test_user_text_cannot_forge_log_lines(client, clean_database, caplog, name):
 
 
 def test_errors_never_carry_exception_text_or_sql(make_app, clean_database):
-    from tests.conftest import free_port
-
     client = make_app(DATABASE_URL=f"postgresql://postgres:pw@127.0.0.1:{free_port()}/x", REDIS_URL="").test_client()
     for response in (client.post(WEBHOOK, json=BODY), client.get(LOOKUP + "42"), client.get("/api/chatwoot/webhooks/metrics")):
         text = response.get_data(as_text=True)

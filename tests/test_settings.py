@@ -22,7 +22,7 @@ from multibackend.config import (
     with_settings_table,
 )
 from multibackend.extensions import db
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 PACKAGE = ROOT / "multibackend"
 BY_NAME = {setting.name: setting for setting in SETTINGS}
@@ -45,6 +45,7 @@ BAD_VALUES = {
     "PORT": "http",
     "WEB_CONCURRENCY": "-2",
     "GUNICORN_THREADS": "0",
+    "CHATWOOT_DASHBOARD_APP_TITLE": "   ",
 }
 
 

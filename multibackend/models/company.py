@@ -14,7 +14,8 @@ from sqlalchemy import BigInteger, CheckConstraint, ColumnElement, DateTime, Ind
 from sqlalchemy.orm import Mapped, mapped_column
 
 from multibackend.clock import iso_utc, utcnow
-from multibackend.extensions import db
+from multibackend.extensions import Base
+from multibackend.services.tenant_naming import tenant_names
 
 PROVISIONING_STATUSES = ("pending", "ready", "failed")
 #: What Chatwoot says of the account: companies are marked, never deleted, when it goes away.
@@ -29,7 +30,7 @@ def retry_delay(failed_attempts: int, base_seconds: float) -> float:
     return min(base_seconds * 2 ** (failed_attempts - 2), MAX_BACKOFF_SECONDS)
 
 
-class Company(db.Model):
+class Company(Base):
     __tablename__ = "companies"
     __table_args__ = (
         UniqueConstraint("company_id", name="companies_company_id_key"),
@@ -66,6 +67,14 @@ class Company(db.Model):
     )
 
     # --- provisioning status -------------------------------------------------------------------------------
+
+    def assign_tenant_names(self) -> None:
+        """A row the host wrote with only an account id gets the tenant names the plugin gives every account."""
+        if (self.redis_prefix and self.vectorstore_index) or self.account_number is None:
+            return
+        names = tenant_names(self.account_number)
+        self.redis_prefix = self.redis_prefix or names.redis_prefix
+        self.vectorstore_index = self.vectorstore_index or names.vectorstore_index
 
     @property
     def is_ready(self) -> bool:
@@ -169,3 +178,26 @@ class CompanySnapshot:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class TenantAnnouncement(Base):
+    """Outbox: a company became ready and tenant_provisioned is still owed for it. Written in the same commit as
+    the status, removed once the signal was sent, so a crash in between is repaired by the reconciler."""
+
+    __tablename__ = "chatwoot_tenant_announcements"
+
+    company_pk: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, server_default=func.now())
+
+
+class DashboardTab(Base):
+    """The company tab (a Chatwoot Dashboard App) that the plugin made in one Chatwoot account: which row of
+    Chatwoot's `dashboard_apps` is ours, and what it was last written with."""
+
+    __tablename__ = "chatwoot_dashboard_tabs"
+
+    chatwoot_account_id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False)
+    dashboard_app_id: Mapped[int] = mapped_column(BigInteger)
+    title: Mapped[str] = mapped_column(String(255))
+    url: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow, server_default=func.now())

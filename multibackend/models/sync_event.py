@@ -7,11 +7,11 @@ from datetime import datetime
 from sqlalchemy import BigInteger, Boolean, CheckConstraint, DateTime, Float, Index, Integer, SmallInteger, String, Text, func, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from multibackend.extensions import db
+from multibackend.extensions import Base
 from multibackend.clock import utcnow
 
 
-class SyncEvent(db.Model):
+class SyncEvent(Base):
     """One authenticated, valid account_created delivery and how it ended."""
 
     __tablename__ = "chatwoot_sync_events"
@@ -38,7 +38,7 @@ class SyncEvent(db.Model):
     )
 
 
-class WebhookRejection(db.Model):
+class WebhookRejection(Base):
     """How many deliveries were refused with one error code, and when the last one was."""
 
     __tablename__ = "chatwoot_webhook_rejections"
@@ -50,7 +50,7 @@ class WebhookRejection(db.Model):
     )
 
 
-class SyncTotals(db.Model):
+class SyncTotals(Base):
     """Running totals of every sync event up to through_event_id, so metrics never scan the history."""
 
     __tablename__ = "chatwoot_sync_totals"

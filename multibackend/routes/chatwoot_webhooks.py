@@ -98,7 +98,8 @@ def account_created() -> tuple[Response, int]:
         "[Chatwoot Webhook] Account created: %s - %s", account["id"], printable(account["name"], 255),
         extra={"account_id": account["id"], "outcome": "received"},
     )
-    return delivery_answer(deliveries.accept_delivery(account["id"], account["name"]))
+    administrators = [user["id"] for user in account["users"] if user.get("id")]
+    return delivery_answer(deliveries.accept_delivery(account["id"], account["name"], administrators))
 
 
 @bp.get("/company/<account_id>")

@@ -14,16 +14,18 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from blinker import Namespace
 from flask import current_app
 from sqlalchemy import delete, event, inspect, select, text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import ORMExecuteState, Session
 
 from multibackend.clock import utcnow
-from multibackend.extensions import db
-from multibackend.models import Company, CompanySnapshot
+from multibackend.extensions import conflict_aware_insert, db
+from multibackend.models import Company, CompanySnapshot, TenantAnnouncement
 from multibackend.services import lookup_cache
 from multibackend.services.tenant_naming import tenant_names
 
@@ -36,6 +38,9 @@ signals = Namespace()
 tenant_provisioned = signals.signal("tenant-provisioned")
 
 WRITE_PATH_OPTION = "multibackend_company_write"
+STATEMENT_TIMEOUT_EXTENSION = "multibackend.statement_timeout_ms"
+#: how old an outbox row must be before the reconciler takes it over from the process that wrote it
+ANNOUNCE_GRACE_SECONDS = 30.0
 
 _current_write: ContextVar[CompanyWrite | None] = ContextVar("multibackend_company_write", default=None)
 
@@ -53,12 +58,14 @@ class CompanyWrite:
     ready_before: dict[int, bool] = field(default_factory=dict)
     removed_accounts: set[str] = field(default_factory=set)
     forget_every_answer: bool = False
-    announced: list[Company] = field(default_factory=list)
-    unannounced: list[Company] = field(default_factory=list)
+    snapshots: dict[int, CompanySnapshot] = field(default_factory=dict)
+    owed: list[tuple[int, CompanySnapshot]] = field(default_factory=list)
+    announced: list[CompanySnapshot] = field(default_factory=list)
+    unannounced: list[CompanySnapshot] = field(default_factory=list)
 
     def insert_if_absent(self, rows: Sequence[dict[str, Any]]) -> list[Company]:
         """INSERT ... ON CONFLICT DO NOTHING RETURNING: the companies this statement created (none for accounts
-        that already have one), whatever runs concurrently."""
+        that already have one), whatever runs concurrently. Columns of a host's own leave to their defaults."""
         if not rows:
             return []
         inserted = list(db.session.scalars(_insert_statement(len(rows)), _flatten(rows), execution_options={WRITE_PATH_OPTION: True}))
@@ -78,13 +85,26 @@ class CompanyWrite:
         """The block runs DDL and upgrade statements on companies: every cached lookup answer is dropped after it."""
         self.forget_every_answer = True
 
+    def snapshot(self, company: Company) -> CompanySnapshot:
+        """The company as this write committed it (read without a round trip, whatever the session expires)."""
+        return self.snapshots.get(id(company)) or CompanySnapshot.of(company)
+
     def _track(self, company: Company, was_ready: bool) -> None:
         self.ready_before.setdefault(id(company), was_ready)
         self.changed[id(company)] = company
 
-    @property
-    def became_ready(self) -> list[Company]:
-        return [company for key, company in self.changed.items() if company.is_ready and not self.ready_before[key]]
+    def _prepare_commit(self) -> None:
+        """Snapshot what is about to be committed; owe tenant_provisioned (outbox rows, same commit) for every
+        Chatwoot company that became ready. The host's own companies (no account id) are never announced."""
+        self.snapshots = {key: CompanySnapshot.of(company) for key, company in self.changed.items()}
+        self.owed = [
+            (company.id, self.snapshots[key])
+            for key, company in self.changed.items()
+            if company.is_ready and not self.ready_before[key] and company.chatwoot_account_id
+        ]
+        if self.owed and not self.dry_run:
+            statement = conflict_aware_insert(TenantAnnouncement.__table__).on_conflict_do_nothing()
+            db.session.execute(statement, [{"company_pk": pk, "created_at": utcnow()} for pk, _ in self.owed])
 
 
 @contextlib.contextmanager
@@ -96,8 +116,10 @@ def company_write(dry_run: bool = False) -> Iterator[CompanyWrite]:
     write = CompanyWrite(dry_run=dry_run)
     token = _current_write.set(write)
     try:
+        _bound_statements()
         yield write
         db.session.flush()
+        write._prepare_commit()
         if dry_run:
             db.session.rollback()
         else:
@@ -116,34 +138,91 @@ def write_in_progress() -> bool:
     return _current_write.get() is not None
 
 
+def _bound_statements() -> None:
+    """On the host's engine (whose connect options are not ours) bound this transaction's statements, so a hung
+    database cannot hold a webhook past Chatwoot's 5 s."""
+    if db.is_own or db.engine.dialect.name != "postgresql":
+        return
+    milliseconds = int(current_app.extensions.get(STATEMENT_TIMEOUT_EXTENSION) or current_app.config["DATABASE_STATEMENT_TIMEOUT_MS"])
+    db.session.execute(text(f"SET LOCAL statement_timeout = {milliseconds}"))
+
+
 def _after_commit(write: CompanyWrite) -> None:
     if write.forget_every_answer:
         lookup_cache.forget_all()
     lookup_cache.forget(write.removed_accounts)
     lookup_cache.publish(
-        (company.chatwoot_account_id, CompanySnapshot.of(company)) for company in write.changed.values() if company.chatwoot_account_id
+        (snapshot.chatwoot_account_id, snapshot) for snapshot in write.snapshots.values() if snapshot.chatwoot_account_id
     )
-    _announce(write)
+    write.announced, write.unannounced = _announce(write.owed)
 
 
-def _announce(write: CompanyWrite) -> None:
-    """Send tenant_provisioned for each company that became ready; a failing receiver leaves that company
-    pending, with the reason, for a retry."""
+def _announce(owed: Sequence[tuple[int, CompanySnapshot]]) -> tuple[list[CompanySnapshot], list[CompanySnapshot]]:
+    """Send tenant_provisioned for each owed company, then settle its outbox row; a failing receiver leaves that
+    company pending, with the reason, for a retry. Returns (announced, not announced)."""
+    if not owed:
+        return [], []
     app = current_app._get_current_object()
-    failures: list[tuple[Company, str]] = []
-    for company in write.became_ready:
+    sent: list[tuple[int, CompanySnapshot]] = []
+    failed: list[tuple[int, CompanySnapshot, str]] = []
+    for pk, snapshot in owed:
         try:
-            tenant_provisioned.send(app, company=CompanySnapshot.of(company))
-            write.announced.append(company)
+            tenant_provisioned.send(app, company=snapshot)
+            sent.append((pk, snapshot))
         except Exception as exc:
             reason = f"tenant_provisioned receiver failed ({type(exc).__name__})"
-            logger.error("[Chatwoot Sync] Error: %s for %s", reason, company.company_id)
-            failures.append((company, reason))
-    if failures:
-        write.unannounced.extend(company for company, _ in failures)
-        with company_write():
-            for company, reason in failures:
-                record_failed_attempt(company, reason)
+            logger.error("[Chatwoot Sync] Error: %s for %s", reason, snapshot.company_id)
+            failed.append((pk, snapshot, reason))
+    if failed:
+        _record_failed_announcements(failed, [pk for pk, _ in sent])
+    else:
+        _settle_announcements([pk for pk, _ in sent])
+    return [snapshot for _, snapshot in sent], [snapshot for _, snapshot, _ in failed]
+
+
+def _settle_announcements(company_pks: Sequence[int]) -> None:
+    """Remove the outbox rows of signals that were sent. Not a durable commit: losing it in a crash only means
+    the signal is sent once more, which receivers must accept anyway."""
+    try:
+        if db.engine.dialect.name == "postgresql":
+            db.session.execute(text("SET LOCAL synchronous_commit = off"))
+        db.session.execute(delete(TenantAnnouncement).where(TenantAnnouncement.company_pk.in_(company_pks)))
+        db.session.commit()
+    except SQLAlchemyError as exc:
+        db.session.rollback()
+        logger.warning("[Chatwoot Sync] Announcements sent but not settled (%s): reconcile sends them again", type(exc).__name__)
+
+
+def _record_failed_announcements(failed: Sequence[tuple[int, CompanySnapshot, str]], sent: Sequence[int]) -> None:
+    reasons = {pk: reason for pk, _, reason in failed}
+    with company_write():
+        for company in db.session.scalars(select(Company).where(Company.id.in_(reasons))):
+            record_failed_attempt(company, reasons[company.id])
+        db.session.execute(delete(TenantAnnouncement).where(TenantAnnouncement.company_pk.in_([*reasons, *sent])))
+
+
+def announce_owed(settled_seconds: float = ANNOUNCE_GRACE_SECONDS, batch_size: int = 1000) -> tuple[int, int]:
+    """The reconciler's repair: send tenant_provisioned still owed from commits whose process died before sending
+    it (outbox rows older than settled_seconds); returns (announced, not announced)."""
+    announced = unannounced = 0
+    cutoff = utcnow() - timedelta(seconds=settled_seconds)
+    while True:
+        pks = list(
+            db.session.scalars(
+                select(TenantAnnouncement.company_pk).where(TenantAnnouncement.created_at < cutoff).order_by(TenantAnnouncement.company_pk).limit(batch_size)
+            )
+        )
+        if not pks:
+            return announced, unannounced
+        companies = db.session.scalars(select(Company).where(Company.id.in_(pks), Company.chatwoot_account_id.is_not(None)))
+        owed = [(company.id, CompanySnapshot.of(company)) for company in companies if company.is_ready]
+        stale = set(pks) - {pk for pk, _ in owed}  # no longer ready, or gone: nothing is owed
+        if stale:
+            db.session.execute(delete(TenantAnnouncement).where(TenantAnnouncement.company_pk.in_(stale)))
+        db.session.commit()
+        sent, failed = _announce(owed)
+        announced += len(sent)
+        unannounced += len(failed)
 
 
 def record_failed_attempt(company: Company, reason: str) -> None:
@@ -190,7 +269,7 @@ def _insert_statement(count: int) -> Any:
         statement = select(Company).from_statement(
             text(
                 f"INSERT INTO companies ({', '.join(ROW_COLUMNS[:6])}, provisioning_attempts, chatwoot_status, created_at, updated_at)"
-                f" VALUES {values} ON CONFLICT DO NOTHING RETURNING *"
+                f" VALUES {values} ON CONFLICT DO NOTHING RETURNING {', '.join(Company.__table__.columns.keys())}"
             )
         )
         if count <= 8 or count % 100 == 0:

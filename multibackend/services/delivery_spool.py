@@ -12,7 +12,7 @@ import redis
 from sqlalchemy.exc import SQLAlchemyError
 
 from multibackend.clock import iso_utc, utcnow
-from multibackend.extensions import get_redis
+from multibackend.extensions import get_redis, is_transient
 
 logger = logging.getLogger(__name__)
 
@@ -79,18 +79,24 @@ def forget_pending(client: redis.Redis, account_id: int) -> bool:
 def replay_spool(client: redis.Redis, handle: Callable[[SpooledDelivery], Any]) -> tuple[int, int]:
     """Replay every spooled delivery through handle, oldest first; returns (replayed, failed).
 
-    A delivery leaves the spool only once handled. When the database or Redis fails it goes back and the replay
-    stops, so a database that is still down leaves everything queued; a delivery that fails for any other
-    reason goes to the dead-letter list (logged) and the others go on. Runs under the reconciler's lock."""
+    A delivery leaves the spool only once handled. When the database is unreachable or Redis fails it goes back
+    and the replay stops, so a database that is still down leaves everything queued; a delivery that fails for any
+    other reason (the database refuses the row, a malformed entry) goes to the dead-letter list (logged) and the
+    others go on. Runs under the reconciler's lock."""
     while client.lmove(IN_FLIGHT_KEY, SPOOL_KEY, "RIGHT", "RIGHT") is not None:
         pass  # a replay that crashed left these in flight: they are due again
     replayed = 0
     while (raw := client.lmove(SPOOL_KEY, IN_FLIGHT_KEY, "RIGHT", "LEFT")) is not None:
         try:
             handle(SpooledDelivery.decode(raw))
-        except (SQLAlchemyError, redis.RedisError):
-            client.lmove(IN_FLIGHT_KEY, SPOOL_KEY, "LEFT", "RIGHT")
-            return replayed, 1
+        except (SQLAlchemyError, redis.RedisError) as exc:
+            if isinstance(exc, redis.RedisError) or is_transient(exc):
+                client.lmove(IN_FLIGHT_KEY, SPOOL_KEY, "LEFT", "RIGHT")
+                return replayed, 1
+            logger.error("[Chatwoot Sync] Error: the database refused a spooled delivery (%s), kept in %s", type(exc).__name__, DEAD_LETTER_KEY)
+            client.lpush(DEAD_LETTER_KEY, raw)
+            client.lrem(IN_FLIGHT_KEY, 1, raw)
+            continue
         except Exception:
             logger.exception("[Chatwoot Sync] Error: spooled delivery could not be replayed, kept in %s", DEAD_LETTER_KEY)
             client.lpush(DEAD_LETTER_KEY, raw)

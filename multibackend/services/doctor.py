@@ -10,12 +10,13 @@ from urllib.parse import SplitResult, parse_qs, urlsplit
 import redis
 from flask import current_app
 from sqlalchemy import func, inspect, select, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from multibackend.clock import utcnow
 from multibackend.extensions import db, get_redis
 from multibackend.logging_setup import printable
 from multibackend.models import Company, SyncEvent
-from multibackend.services import delivery_spool
+from multibackend.services import dashboard_tabs, delivery_spool
 from multibackend.services.chatwoot_source import ChatwootDatabaseSource, SourceError, chatwoot_source
 
 WEBHOOK_PATH = "/api/chatwoot/webhooks/account-created"
@@ -37,6 +38,12 @@ class Outcome:
     ok: bool
     detail: str
     fix: str = ""
+
+
+def chatwoot_command() -> str:
+    """How operators run the plugin's commands here: `flask --app wsgi chatwoot` standalone, `flask chatwoot` in
+    a host backend (whose FLASK_APP is its own)."""
+    return "flask --app wsgi chatwoot" if current_app.import_name == "multibackend" else "flask chatwoot"
 
 
 def passed(detail: str) -> Outcome:
@@ -63,9 +70,11 @@ def run_checks() -> list[Check]:
 
 def check_settings() -> Outcome:
     config = current_app.config
-    missing = [name for name in ("DATABASE_URL", "REDIS_URL", "CHATWOOT_WEBHOOK_SECRET") if not config.get(name)]
+    required = ("DATABASE_URL", "REDIS_URL", "CHATWOOT_WEBHOOK_SECRET") if db.is_own else ("REDIS_URL", "CHATWOOT_WEBHOOK_SECRET")
+    missing = [name for name in required if not config.get(name)]
     if not missing:
-        return passed("DATABASE_URL, REDIS_URL and CHATWOOT_WEBHOOK_SECRET are set")
+        database = "" if db.is_own else " (the database is the host app's)"
+        return passed(f"{', '.join(required[:-1])} and {required[-1]} are set{database}")
     return failed(f"not set: {', '.join(missing)}", "set them in the environment (see the README's Configuration table)")
 
 
@@ -77,13 +86,13 @@ def check_database() -> Outcome:
 def check_companies_table() -> Outcome:
     inspector = inspect(db.engine)
     if not inspector.has_table("companies"):
-        return failed("missing", "flask --app wsgi chatwoot init-db")
+        return failed("missing", f"{chatwoot_command()} init-db")
     unique = any(
         constraint["column_names"] == ["chatwoot_account_id"] for constraint in inspector.get_unique_constraints("companies")
     )
     if not unique:
         return failed("no UNIQUE constraint on chatwoot_account_id",
-            "flask --app wsgi chatwoot dedupe --dry-run, then flask --app wsgi chatwoot dedupe",
+            f"{chatwoot_command()} dedupe --dry-run, then {chatwoot_command()} dedupe",
         )
     return passed("present, UNIQUE (chatwoot_account_id)")
 
@@ -128,18 +137,20 @@ def check_spool() -> Outcome | None:
     waiting = delivery_spool.spool_length(client)
     if waiting == 0:
         return passed("no delivery waiting")
-    return failed(f"{waiting} deliveries waiting for the database", "flask --app wsgi chatwoot reconcile")
+    return failed(f"{waiting} deliveries waiting for the database", f"{chatwoot_command()} reconcile")
 
 
 def check_pending() -> Outcome:
     stuck_before = utcnow() - STUCK_AFTER
     stuck = db.session.scalar(
-        select(func.count()).where(Company.provisioning_status != "ready", Company.updated_at < stuck_before)
+        select(func.count()).where(
+            Company.provisioning_status != "ready", Company.chatwoot_account_id.is_not(None), Company.updated_at < stuck_before
+        )
     )
     if not stuck:
         return passed("every company is provisioned (or was retried in the last 15 min)")
     return failed(f"{stuck} companies not ready for over 15 min",
-        "flask --app wsgi chatwoot reconcile (add --retry-failed for those that gave up)",
+        f"{chatwoot_command()} reconcile (add --retry-failed for those that gave up)",
     )
 
 
@@ -201,8 +212,42 @@ def check_chatwoot_accounts() -> Outcome | None:
     except SourceError as exc:
         return failed(str(exc), "check CHATWOOT_DATABASE_URL")
     if missing:
-        return failed(f"{missing} Chatwoot accounts have no company here", "flask --app wsgi chatwoot reconcile")
+        return failed(f"{missing} Chatwoot accounts have no company here", f"{chatwoot_command()} reconcile")
     return passed("all Chatwoot accounts have their company")
+
+
+def check_dashboard_apps_grant() -> Outcome | None:
+    if not current_app.config["CHATWOOT_DATABASE_URL"] or not current_app.config["CHATWOOT_DASHBOARD_APPS"]:
+        return None
+    reason = dashboard_tabs.tabs_disabled_because()
+    if reason is not None:
+        return failed(reason, "set PUBLIC_URL to this backend's public address, e.g. https://backend.example")
+    writer = dashboard_tabs.tab_writer()
+    try:
+        missing = writer.missing_grants()
+        role = writer.role()
+    except SQLAlchemyError as exc:
+        return failed(f"Chatwoot database: {type(exc).__name__}", "check CHATWOOT_DATABASE_URL")
+    if not missing:
+        return passed(f"role {role} may read and write dashboard_apps (the company tab)")
+    grants = " ".join(grant.format(role=role) for grant in dashboard_tabs.WRITE_GRANTS)
+    return failed(
+        f"role {role} lacks {', '.join(missing)}: company tabs cannot be made",
+        f"in Chatwoot's database, as its owner: {grants} (or run `{chatwoot_command()} dashboard-apps --script` in Chatwoot)",
+    )
+
+
+def check_dashboard_tabs() -> Outcome | None:
+    if dashboard_tabs.tabs_disabled_because() is not None:
+        return None
+    try:
+        missing, waiting = dashboard_tabs.missing_tabs_count()
+    except (SQLAlchemyError, dashboard_tabs.TabError) as exc:
+        return failed(f"Chatwoot database: {type(exc).__name__}", "check CHATWOOT_DATABASE_URL")
+    note = f"; {waiting} accounts have no administrator yet (their tab waits for one)" if waiting else ""
+    if missing:
+        return failed(f"{missing} Chatwoot accounts have no company tab{note}", f"{chatwoot_command()} reconcile")
+    return passed(f"every Chatwoot account with an administrator has the company tab{note}")
 
 
 CHECKS: list[tuple[str, Callable[[], Outcome | None]]] = [
@@ -216,4 +261,6 @@ CHECKS: list[tuple[str, Callable[[], Outcome | None]]] = [
     ("nothing stuck in pending", check_pending),
     ("Chatwoot INSTALLATION_EVENTS_WEBHOOK_URL", check_chatwoot_webhook_url),
     ("every Chatwoot account has a company", check_chatwoot_accounts),
+    ("Chatwoot dashboard_apps writable", check_dashboard_apps_grant),
+    ("every Chatwoot account has the company tab", check_dashboard_tabs),
 ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import ContextManager
@@ -19,10 +19,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from multibackend.clock import utcnow
 from multibackend.extensions import db, get_redis
 from multibackend.logging_setup import printable
-from multibackend.models import Company
-from multibackend.services import delivery_spool, sync_metrics, tenant_provisioning
+from multibackend.models import Company, TenantAnnouncement
+from multibackend.services import companies, dashboard_tabs, delivery_spool, sync_metrics, tenant_provisioning
 from multibackend.services.companies import companies_in, company_row, company_write
-from multibackend.services.chatwoot_source import ChatwootAccount, ChatwootSource, SourceError, chatwoot_source
+from multibackend.services.doctor import chatwoot_command
+from multibackend.services.chatwoot_source import ChatwootAccount, ChatwootDatabaseSource, ChatwootSource, SourceError, chatwoot_source
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,10 @@ class ReconcileSummary:
     renamed: int = 0
     marked: int = 0
     provisioned: int = 0
+    announced: int = 0
     restored: int = 0
+    tabs_created: int = 0
+    tabs_updated: int = 0
     failed: int = 0
     problems: list[str] = field(default_factory=list)
 
@@ -63,9 +67,10 @@ class ReconcileSummary:
         verb = "would be " if self.dry_run else ""
         counts = ", ".join(
             f"{getattr(self, name)} {verb}{name}"
-            for name in ("replayed", "created", "renamed", "marked", "provisioned", "restored")
+            for name in ("replayed", "created", "renamed", "marked", "provisioned", "announced", "restored")
         )
-        return f"{counts}, {self.failed} failed"
+        tabs = f"{self.tabs_created} {verb}created, {self.tabs_updated} {verb}updated"
+        return f"{counts}, {self.failed} failed; company tabs: {tabs}"
 
 
 def reconcile(dry_run: bool = False, progress: Progress = no_progress) -> ReconcileSummary:
@@ -76,7 +81,7 @@ def reconcile(dry_run: bool = False, progress: Progress = no_progress) -> Reconc
             if not acquired:
                 summary.locked_out = True
                 return summary
-            for step in (replay_spool, sync_with_chatwoot, finish_provisioning, restore_namespaces, fold_metrics):
+            for step in (replay_spool, sync_with_chatwoot, finish_provisioning, announce_owed, restore_namespaces, sync_dashboard_tabs, fold_metrics):
                 _run_step(step, summary, dry_run, progress)
     except SQLAlchemyError as exc:
         summary.problem(f"database unavailable ({type(exc).__name__}): nothing reconciled, the spool is kept")
@@ -176,9 +181,16 @@ def _apply_accounts(batch: list[ChatwootAccount], summary: ReconcileSummary, dry
         created = write.insert_if_absent(missing)
         tenant_provisioning.provision_services(created)
     for company in created:
-        logger.info("[Chatwoot Sync] Backfilled %s: its webhook never arrived", company.company_id)
+        logger.info("[Chatwoot Sync] Backfilled %s: its webhook never arrived", write.snapshot(company).company_id)
     summary.created += len(created)
-    db.session.expunge_all()
+    _let_go(write.changed.values())
+
+
+def _let_go(companies: Iterable[Company]) -> None:
+    """Keep the session small on long runs by dropping our own objects (never the host's) from it."""
+    for company in companies:
+        if company in db.session:
+            db.session.expunge(company)
 
 
 def _follow_account(company: Company, account: ChatwootAccount, summary: ReconcileSummary) -> None:
@@ -238,7 +250,8 @@ def _companies_not_deleted(created_before: datetime) -> Iterator[Company]:
 
 
 def finish_provisioning(summary: ReconcileSummary, dry_run: bool, progress: Progress) -> None:
-    """Retry the companies whose provisioning is unfinished and due (attempt counts and backoff apply)."""
+    """Retry the Chatwoot companies whose provisioning is unfinished and due (attempt counts and backoff apply);
+    the host's own companies (no Chatwoot account) are never touched."""
     config = current_app.config
     due = Company.due_for_provisioning(config["RECONCILE_MAX_ATTEMPTS"], utcnow())
     last_id = 0
@@ -247,7 +260,7 @@ def finish_provisioning(summary: ReconcileSummary, dry_run: bool, progress: Prog
             batch = list(
                 db.session.scalars(
                     select(Company)
-                    .where(due, Company.id > last_id)
+                    .where(due, Company.chatwoot_account_id.is_not(None), Company.id > last_id)
                     .order_by(Company.id)
                     .limit(config["RECONCILE_BATCH_SIZE"])
                     .with_for_update(skip_locked=True)
@@ -275,7 +288,7 @@ def _report_given_up(summary: ReconcileSummary) -> None:
     if given_up:
         summary.problem(
             f"{given_up} companies gave up after {max_attempts} attempts "
-            "(see provisioning_error; retry with `flask --app wsgi chatwoot reconcile --retry-failed`)",
+            f"(see provisioning_error; retry with `{chatwoot_command()} reconcile --retry-failed`)",
             failed=0,
         )
 
@@ -289,6 +302,38 @@ def retry_failed() -> int:
     return len(companies)
 
 
+def announce_owed(summary: ReconcileSummary, dry_run: bool, progress: Progress) -> None:
+    """Send tenant_provisioned still owed by a process that died between its commit and the signal (outbox)."""
+    if dry_run:
+        summary.announced = db.session.scalar(select(func.count()).select_from(TenantAnnouncement)) or 0
+        return
+    announced, unannounced = companies.announce_owed()
+    summary.announced += announced
+    if unannounced:
+        summary.problem(f"{unannounced} tenant_provisioned receivers failed; those companies will be retried", failed=unannounced)
+
+
+def sync_dashboard_tabs(summary: ReconcileSummary, dry_run: bool, progress: Progress) -> None:
+    """Our company tab in every Chatwoot account: created where missing, updated where the URL or title changed."""
+    source = chatwoot_source()
+    if dashboard_tabs.tabs_disabled_because() is not None or not isinstance(source, ChatwootDatabaseSource):
+        return
+    skipped = 0
+    try:
+        with progress("Company tabs", source.count()) as advance:
+            for batch in source.accounts(current_app.config["RECONCILE_BATCH_SIZE"]):
+                changes = dashboard_tabs.ensure_tabs([account.id for account in batch], dry_run=dry_run)
+                summary.tabs_created += len(changes.created)
+                summary.tabs_updated += len(changes.updated)
+                skipped += len(changes.skipped)
+                advance(len(batch))
+    except (dashboard_tabs.TabError, SourceError) as exc:
+        summary.problem(f"company tabs: {exc}")
+        return
+    if skipped:
+        logger.warning("[Chatwoot Sync] Company tabs: %s Chatwoot accounts have no administrator to own the tab", skipped)
+
+
 def fold_metrics(summary: ReconcileSummary, dry_run: bool, progress: Progress) -> None:
     """Fold settled sync events into the running totals, so metrics reads stay cheap and never write."""
     if not dry_run:
@@ -296,11 +341,12 @@ def fold_metrics(summary: ReconcileSummary, dry_run: bool, progress: Progress) -
 
 
 def restore_namespaces(summary: ReconcileSummary, dry_run: bool, progress: Progress) -> None:
-    """Rewrite every ready company's Redis namespace that is missing or differs from PostgreSQL (Redis is derived)."""
+    """Rewrite every ready Chatwoot company's Redis namespace that is missing or differs from PostgreSQL (Redis is
+    derived)."""
     client = get_redis()
     if client is None:
         return
-    total = db.session.scalar(select(func.count()).where(Company.provisioning_status == "ready"))
+    total = db.session.scalar(select(func.count()).where(Company.provisioning_status == "ready", Company.chatwoot_account_id.is_not(None)))
     last_id = 0
     with progress("Redis namespaces", total) as advance:
         while batch := _ready_companies_after(last_id):
@@ -313,14 +359,14 @@ def restore_namespaces(summary: ReconcileSummary, dry_run: bool, progress: Progr
                 pipeline.execute()
             summary.restored += len(stale)
             advance(len(batch))
-            db.session.expunge_all()
+            _let_go(batch)
 
 
 def _ready_companies_after(last_id: int) -> list[Company]:
     return list(
         db.session.scalars(
             select(Company)
-            .where(Company.provisioning_status == "ready", Company.id > last_id)
+            .where(Company.provisioning_status == "ready", Company.chatwoot_account_id.is_not(None), Company.id > last_id)
             .order_by(Company.id)
             .limit(current_app.config["RECONCILE_BATCH_SIZE"])
         )

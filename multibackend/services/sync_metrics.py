@@ -214,9 +214,12 @@ def recent_deliveries(limit: int = 20) -> list[dict[str, Any]]:
 
 
 def companies_by_status() -> dict[str, dict[str, int]]:
-    """How many companies are in each provisioning state and each Chatwoot state."""
-    provisioning = dict(db.session.execute(select(Company.provisioning_status, func.count()).group_by(Company.provisioning_status)).all())
-    chatwoot = dict(db.session.execute(select(Company.chatwoot_status, func.count()).group_by(Company.chatwoot_status)).all())
+    """How many Chatwoot companies are in each provisioning state and each Chatwoot state."""
+    of_chatwoot = Company.chatwoot_account_id.is_not(None)  # a host's own companies are not the auto-sync's
+    provisioning = dict(
+        db.session.execute(select(Company.provisioning_status, func.count()).where(of_chatwoot).group_by(Company.provisioning_status)).all()
+    )
+    chatwoot = dict(db.session.execute(select(Company.chatwoot_status, func.count()).where(of_chatwoot).group_by(Company.chatwoot_status)).all())
     return {
         "provisioning": {status: int(provisioning.get(status, 0)) for status in PROVISIONING_STATUSES},
         "chatwoot": {status: int(chatwoot.get(status, 0)) for status in CHATWOOT_STATUSES},
@@ -230,4 +233,21 @@ def dashboard_data() -> dict[str, Any]:
         "latency_series": latency_series(),
         "companies": companies_by_status(),
         "recent_deliveries": recent_deliveries(),
+        "company_tabs": company_tabs_state(),
     }
+
+
+def company_tabs_state() -> dict[str, Any]:
+    """How many Chatwoot accounts lack the company tab: {missing, detail}; missing is None when it cannot be known."""
+    from multibackend.services import dashboard_tabs
+
+    reason = dashboard_tabs.tabs_disabled_because()
+    if reason is not None:
+        return {"missing": None, "detail": f"not made here: {reason}"}
+    try:
+        missing, waiting = dashboard_tabs.missing_tabs_count()
+    except Exception as exc:  # Chatwoot's database is someone else's: the page still shows everything else
+        return {"missing": None, "detail": f"Chatwoot database: {type(exc).__name__}"}
+    note = f"; {waiting} more wait for an administrator" if waiting else ""
+    return {"missing": missing, "detail": f"Chatwoot accounts without the company tab{note}"}
+

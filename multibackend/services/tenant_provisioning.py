@@ -56,8 +56,9 @@ def provision_account(
             extra={"account_id": account_id, "outcome": "database_error"},
         )
         raise
-    _log_outcome(company, created)
-    return ProvisioningResult(CompanySnapshot.of(company), created, redis_step)
+    snapshot = write.snapshot(company) if not write.unannounced else CompanySnapshot.of(company)
+    _log_outcome(snapshot, created)
+    return ProvisioningResult(snapshot, created, redis_step)
 
 
 def _company_for(write: CompanyWrite, account_id: int, company_name: str, chatwoot_status: str) -> tuple[Company, bool]:
@@ -96,6 +97,8 @@ def provision_services(companies: Sequence[Company]) -> str:
     Returns "ready", "skipped" (no REDIS_URL) or "failed" (Redis unreachable: attempts and backoff recorded)."""
     if not companies:
         return "ready"
+    for company in companies:
+        company.assign_tenant_names()
     client = get_redis()
     if client is None:
         for company in companies:
@@ -139,7 +142,7 @@ def tenant_key_of(company: Any) -> str:
     return tenant_key(company.redis_prefix)
 
 
-def _log_outcome(company: Company, created: bool) -> None:
+def _log_outcome(company: CompanySnapshot, created: bool) -> None:
     extra = {"account_id": company.chatwoot_account_id, "company_id": company.company_id}
     if created:
         logger.info("[Chatwoot Sync] Company created successfully: %s", company.company_id, extra=extra | {"outcome": "created"})

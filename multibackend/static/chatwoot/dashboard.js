@@ -20,6 +20,7 @@ const TEXT = {
   rejected: "Rejected",
   averageLatency: "Average latency",
   lastSync: "Last sync",
+  companyTabs: "Accounts without the tab",
   successOfTotal: (success, total) => (total ? `${success} of ${total} syncs succeeded` : "no syncs yet"),
   failedDetail: "syncs that did not complete",
   rejectedDetail: "deliveries refused (authentication, payload, size)",
@@ -119,7 +120,7 @@ function timeAgo(iso) {
 
 // ---- cards -------------------------------------------------------------------------------------------------------
 
-function renderCards(metrics) {
+function renderCards(metrics, tabs) {
   const rate = metrics.success_rate;
   const cards = [
     card("success-rate", TEXT.successRate, rate === null ? TEXT.noValue : TEXT.percent(rate),
@@ -133,6 +134,8 @@ function renderCards(metrics) {
       metrics.avg_latency_ms === null ? TEXT.noValue : TEXT.milliseconds(metrics.avg_latency_ms), TEXT.latencyDetail),
     card("last-sync", TEXT.lastSync, metrics.last_sync ? timeAgo(metrics.last_sync) : TEXT.noValue,
       metrics.last_sync ? formatTime(metrics.last_sync) : TEXT.neverSynced),
+    card("company-tabs", TEXT.companyTabs, tabs.missing === null ? TEXT.noValue : formatNumber(tabs.missing, 0),
+      tabs.detail, tabs.missing > 0 ? "warn" : ""),
   ];
   byId("cards").replaceChildren(...cards);
 }
@@ -354,7 +357,7 @@ async function loadData() {
 
 function render(data) {
   latestSeries = data.latency_series;
-  renderCards(data.metrics);
+  renderCards(data.metrics, data.company_tabs);
   renderCharts(data.latency_series);
   renderErrors(data.metrics.recent_errors);
   renderCompanies(data.companies);

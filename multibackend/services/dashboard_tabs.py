@@ -1,0 +1,425 @@
+"""The company tab in every Chatwoot account: a Dashboard App (Chatwoot's `dashboard_apps`, one row per account)
+whose frame opens this backend's iframe page for that account, so no operator adds it by hand.
+
+Written through CHATWOOT_DATABASE_URL, the only table of Chatwoot's the plugin ever writes, with the grant the
+README names. Ours and only ours: the row ids we made are kept in `chatwoot_dashboard_tabs`, and a row whose only
+frame opens our page for its account (any host: PUBLIC_URL may change) is ours too, so a crash between the two
+databases never leaves a duplicate. A transaction-scoped advisory lock per account (no grant needed) makes
+concurrent deliveries and reconcile runs on several instances agree on one tab. Operators' own tabs are never
+read for anything else, never changed."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+from flask import Flask, current_app
+from sqlalchemy import create_engine, select, text
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from multibackend.config import sqlalchemy_database_uri
+from multibackend.extensions import conflict_aware_insert, db
+from multibackend.logging_setup import printable
+from multibackend.models import DashboardTab
+from multibackend.services.webhook_auth import lookup_signature
+
+logger = logging.getLogger(__name__)
+
+WRITER_EXTENSION = "multibackend.chatwoot_tabs"
+TAB_LOCK_KEY = 4242011
+EMBED_ENDPOINT_PATH = "/embed"
+ADMINISTRATOR_ROLE = 1
+#: what the role behind CHATWOOT_DATABASE_URL needs (besides SELECT on accounts, account_users, installation_configs)
+WRITE_GRANTS = (
+    "GRANT SELECT, INSERT, UPDATE ON dashboard_apps TO {role};",
+    "GRANT USAGE ON SEQUENCE dashboard_apps_id_seq TO {role};",
+)
+READ_GRANT = "GRANT SELECT ON accounts, account_users, installation_configs TO {role};"
+
+_background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dashboard-tab")
+
+
+class TabError(Exception):
+    """Chatwoot's database could not take the tab (unreachable, locked, or the role lacks the grant)."""
+
+
+@dataclass(frozen=True)
+class Tab:
+    """What our tab in one account should say."""
+
+    account_id: int
+    title: str
+    url: str
+
+    @property
+    def content(self) -> list[dict[str, str]]:
+        return [{"type": "frame", "url": self.url}]
+
+
+@dataclass
+class TabChanges:
+    """What one pass did, by account id: created and updated rows (Chatwoot's ids), those already right, those
+    it had to leave (and why)."""
+
+    created: dict[int, int] = field(default_factory=dict)
+    updated: dict[int, int] = field(default_factory=dict)
+    unchanged: dict[int, int] = field(default_factory=dict)
+    skipped: dict[int, str] = field(default_factory=dict)
+
+    def add(self, other: TabChanges) -> None:
+        for name in ("created", "updated", "unchanged", "skipped"):
+            getattr(self, name).update(getattr(other, name))
+
+
+def tabs_disabled_because() -> str | None:
+    """Why tabs are not made here (None: they are)."""
+    config = current_app.config
+    if not config["CHATWOOT_DASHBOARD_APPS"]:
+        return "CHATWOOT_DASHBOARD_APPS is off"
+    if not config["CHATWOOT_DATABASE_URL"]:
+        return "CHATWOOT_DATABASE_URL is not set"
+    if not config["PUBLIC_URL"]:
+        return "PUBLIC_URL is not set (the tab must open this backend's public address)"
+    return None
+
+
+def embed_path() -> str:
+    """Where the iframe page is served, under the blueprint's prefix (the same in a host app)."""
+    return current_app.config["CHATWOOT_WEBHOOKS_URL_PREFIX"].rstrip("/") + EMBED_ENDPOINT_PATH
+
+
+def desired_tab(account_id: int) -> Tab:
+    """The tab for an account: the configured title, and a URL that opens the company page by itself (the
+    account id, and with signed lookups its signature)."""
+    config = current_app.config
+    query = {"accountId": str(account_id)}
+    if config["CHATWOOT_EMBED_SECRET"]:
+        query["sig"] = lookup_signature(config["CHATWOOT_EMBED_SECRET"], account_id)
+    url = f"{config['PUBLIC_URL'].rstrip('/')}{embed_path()}?{urlencode(query)}"
+    return Tab(account_id, config["CHATWOOT_DASHBOARD_APP_TITLE"], url)
+
+
+def opens_our_page(content: Any, account_id: int, path: str) -> bool:
+    """A row whose only frame opens our page for this account, on whatever host: ours."""
+    if not isinstance(content, list) or len(content) != 1 or not isinstance(content[0], dict):
+        return False
+    parts = urlsplit(str(content[0].get("url", "")))
+    return parts.path.rstrip("/") == path and parse_qs(parts.query).get("accountId") == [str(account_id)]
+
+
+def ensure_tabs(account_ids: Sequence[int], admin_hints: dict[int, Sequence[int]] | None = None, dry_run: bool = False) -> TabChanges:
+    """Exactly one tab of ours in each account, with the current title and URL: created where missing, updated
+    in place where it differs; one Chatwoot transaction. Raises TabError when Chatwoot's database cannot take it."""
+    if not account_ids:
+        return TabChanges()
+    tabs = [desired_tab(account_id) for account_id in sorted(set(account_ids))]
+    recorded = dict(
+        db.session.execute(
+            select(DashboardTab.chatwoot_account_id, DashboardTab.dashboard_app_id).where(
+                DashboardTab.chatwoot_account_id.in_([tab.account_id for tab in tabs])
+            )
+        ).all()
+    )
+    db.session.rollback()
+    changes = tab_writer().write(tabs, recorded, admin_hints or {}, embed_path(), dry_run)
+    if not dry_run:
+        remember_tabs(tabs, changes)
+    return changes
+
+
+def remember_tabs(tabs: Iterable[Tab], changes: TabChanges) -> None:
+    """Keep which Chatwoot rows are ours (one upsert), so a later pass finds them whatever their URL says."""
+    ours = {**changes.unchanged, **changes.updated, **changes.created}
+    rows = [{"chatwoot_account_id": tab.account_id, "dashboard_app_id": ours[tab.account_id], "title": tab.title, "url": tab.url} for tab in tabs if tab.account_id in ours]
+    if not rows:
+        return
+    statement = conflict_aware_insert(DashboardTab.__table__)
+    statement = statement.on_conflict_do_update(
+        index_elements=["chatwoot_account_id"],
+        set_={name: statement.excluded[name] for name in ("dashboard_app_id", "title", "url", "updated_at")},
+    )
+    db.session.execute(statement, rows)
+    db.session.commit()
+
+
+def ensure_tab_soon(account_id: int, admin_ids: Sequence[int] = ()) -> None:
+    """After a delivery: make the account's tab on a background thread, so the webhook's answer never waits on
+    Chatwoot's database; a failure is logged and left to reconcile."""
+    if tabs_disabled_because() is not None:
+        return
+    app = current_app._get_current_object()
+    _background.submit(_ensure_in_background, app, account_id, list(admin_ids))
+
+
+def _ensure_in_background(app: Flask, account_id: int, admin_ids: list[int]) -> None:
+    with app.app_context():
+        try:
+            changes = ensure_tabs([account_id], {account_id: admin_ids})
+        except (TabError, SQLAlchemyError) as exc:
+            logger.warning("[Chatwoot Sync] Dashboard tab of account %s left to reconcile: %s", account_id, printable(str(exc), 300))
+            return
+        if account_id in changes.created:
+            logger.info("[Chatwoot Sync] Dashboard tab created in account %s", account_id)
+        elif account_id in changes.skipped:
+            logger.warning("[Chatwoot Sync] Dashboard tab of account %s not created: %s", account_id, changes.skipped[account_id])
+
+
+def missing_tabs_count() -> tuple[int, int]:
+    """Chatwoot accounts without our tab: (due: they have an administrator; waiting: they have none yet)."""
+    recorded = list(db.session.scalars(select(DashboardTab.dashboard_app_id)))
+    db.session.rollback()
+    return tab_writer().missing_tabs(recorded)
+
+
+def tab_writer() -> ChatwootTabWriter:
+    writer = current_app.extensions.get(WRITER_EXTENSION)
+    if writer is None:
+        raise TabError(tabs_disabled_because() or "CHATWOOT_DATABASE_URL is not set")
+    return writer
+
+
+def init_dashboard_tabs(app: Flask) -> None:
+    """A writer on Chatwoot's database when tabs can be made (connects lazily)."""
+    url = app.config["CHATWOOT_DATABASE_URL"]
+    app.extensions[WRITER_EXTENSION] = ChatwootTabWriter(url) if url and app.config["CHATWOOT_DASHBOARD_APPS"] else None
+
+
+class ChatwootTabWriter:
+    """Chatwoot's `dashboard_apps`, written in short transactions that never wait long on a lock."""
+
+    LOCK_TIMEOUT_MS = 500
+    STATEMENT_TIMEOUT_MS = 2000
+
+    def __init__(self, url: str):
+        self.engine: Engine = create_engine(
+            sqlalchemy_database_uri(url, ""),
+            pool_size=2,
+            max_overflow=2,
+            pool_pre_ping=True,
+            pool_timeout=2,
+            connect_args={"connect_timeout": 2, "application_name": "multibackend-dashboard-tabs"},
+        )
+
+    def write(self, tabs: Sequence[Tab], recorded: dict[int, int], admin_hints: dict[int, Sequence[int]], path: str, dry_run: bool) -> TabChanges:
+        """Create or update our tab in each account, under per-account advisory locks, in one transaction."""
+        ids = [tab.account_id for tab in tabs]
+        try:
+            with self.engine.connect() as connection:
+                with connection.begin() as transaction:
+                    connection.execute(text(f"SET LOCAL lock_timeout = {self.LOCK_TIMEOUT_MS}"))
+                    connection.execute(text(f"SET LOCAL statement_timeout = {self.STATEMENT_TIMEOUT_MS}"))
+                    connection.execute(
+                        text("SELECT pg_advisory_xact_lock(:key, id) FROM unnest(CAST(:ids AS int[])) AS id ORDER BY id"),
+                        {"key": TAB_LOCK_KEY, "ids": ids},
+                    )
+                    changes = self._apply(connection, tabs, recorded, admin_hints, path, dry_run)
+                    if dry_run:
+                        transaction.rollback()
+                return changes
+        except DBAPIError as exc:
+            raise TabError(describe_database_error(exc)) from exc
+        except SQLAlchemyError as exc:
+            raise TabError(f"Chatwoot database: {type(exc).__name__}") from exc
+
+    def _apply(
+        self, connection: Connection, tabs: Sequence[Tab], recorded: dict[int, int], admin_hints: dict[int, Sequence[int]], path: str, dry_run: bool
+    ) -> TabChanges:
+        ids = [tab.account_id for tab in tabs]
+        rows = connection.execute(
+            text("SELECT id, account_id, title, content FROM dashboard_apps WHERE account_id = ANY(CAST(:ids AS bigint[])) ORDER BY id"),
+            {"ids": ids},
+        ).all()
+        existing = {account_id: ours_in(rows, account_id, recorded.get(account_id), path) for account_id in ids}
+        admins = self._administrators(connection, [tab.account_id for tab in tabs if existing[tab.account_id] is None], admin_hints)
+        changes = TabChanges()
+        to_create = []
+        for tab in tabs:
+            row = existing[tab.account_id]
+            if row is None:
+                if tab.account_id not in admins:
+                    changes.skipped[tab.account_id] = "no administrator in account_users (the tab needs one as its user)"
+                else:
+                    to_create.append(tab)
+            elif (row.title, _as_list(row.content)) == (tab.title, tab.content):
+                changes.unchanged[tab.account_id] = row.id
+            else:
+                changes.updated[tab.account_id] = row.id
+        if dry_run:
+            changes.created.update({tab.account_id: 0 for tab in to_create})
+            return changes
+        by_account = {tab.account_id: tab for tab in tabs}
+        self._update(connection, [(app_id, by_account[account_id]) for account_id, app_id in changes.updated.items()])
+        changes.created.update(self._insert(connection, to_create, admins))
+        return changes
+
+    @staticmethod
+    def _administrators(connection: Connection, account_ids: list[int], hints: dict[int, Sequence[int]]) -> dict[int, int]:
+        """An administrator of each account (the oldest), else one the webhook named."""
+        if not account_ids:
+            return {}
+        found = dict(
+            connection.execute(
+                text(
+                    "SELECT DISTINCT ON (account_id) account_id, user_id FROM account_users"
+                    " WHERE account_id = ANY(CAST(:ids AS bigint[])) AND role = :role ORDER BY account_id, id"
+                ),
+                {"ids": account_ids, "role": ADMINISTRATOR_ROLE},
+            ).all()
+        )
+        for account_id in account_ids:
+            if account_id not in found and hints.get(account_id):
+                found[account_id] = int(hints[account_id][0])
+        return found
+
+    @staticmethod
+    def _insert(connection: Connection, tabs: Sequence[Tab], admins: dict[int, int]) -> dict[int, int]:
+        if not tabs:
+            return {}
+        rows = connection.execute(
+            text(
+                "INSERT INTO dashboard_apps (title, content, account_id, user_id, created_at, updated_at)"
+                " SELECT t.title, CAST(t.content AS jsonb), t.account_id, t.user_id, now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC'"
+                " FROM unnest(CAST(:titles AS text[]), CAST(:contents AS text[]), CAST(:accounts AS bigint[]), CAST(:users AS bigint[]))"
+                " AS t(title, content, account_id, user_id) RETURNING account_id, id"
+            ),
+            {
+                "titles": [tab.title for tab in tabs],
+                "contents": [json.dumps(tab.content) for tab in tabs],
+                "accounts": [tab.account_id for tab in tabs],
+                "users": [admins[tab.account_id] for tab in tabs],
+            },
+        ).all()
+        return {int(account_id): int(app_id) for account_id, app_id in rows}
+
+    @staticmethod
+    def _update(connection: Connection, changes: Sequence[tuple[int, Tab]]) -> None:
+        if not changes:
+            return
+        connection.execute(
+            text(
+                "UPDATE dashboard_apps AS d SET title = t.title, content = CAST(t.content AS jsonb), updated_at = now() AT TIME ZONE 'UTC'"
+                " FROM unnest(CAST(:ids AS bigint[]), CAST(:titles AS text[]), CAST(:contents AS text[])) AS t(id, title, content)"
+                " WHERE d.id = t.id"
+            ),
+            {
+                "ids": [app_id for app_id, _ in changes],
+                "titles": [tab.title for _, tab in changes],
+                "contents": [json.dumps(tab.content) for _, tab in changes],
+            },
+        )
+
+    def missing_tabs(self, recorded: Sequence[int]) -> tuple[int, int]:
+        """Chatwoot accounts without a tab of ours: (those with an administrator, whose tab is due; those without
+        one yet, whose tab waits for one). One query, bounded by the statement timeout."""
+        with self.engine.connect() as connection:
+            connection.execute(text(f"SET LOCAL statement_timeout = {self.STATEMENT_TIMEOUT_MS}"))
+            due, waiting = connection.execute(
+                text(
+                    "SELECT count(*) FILTER (WHERE has_admin), count(*) FILTER (WHERE NOT has_admin) FROM ("
+                    " SELECT EXISTS (SELECT 1 FROM account_users AS u WHERE u.account_id = a.id AND u.role = :role) AS has_admin"
+                    " FROM accounts AS a WHERE NOT EXISTS (SELECT 1 FROM dashboard_apps AS d"
+                    " WHERE d.account_id = a.id AND d.id = ANY(CAST(:ours AS bigint[])))) AS without_tab"
+                ),
+                {"ours": list(recorded), "role": ADMINISTRATOR_ROLE},
+            ).one()
+            return int(due), int(waiting)
+
+    def missing_grants(self) -> list[str]:
+        """The privileges on dashboard_apps (and its id sequence) that this role lacks, by name."""
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                text(
+                    "SELECT current_user, has_table_privilege('dashboard_apps', 'SELECT'), has_table_privilege('dashboard_apps', 'INSERT'),"
+                    " has_table_privilege('dashboard_apps', 'UPDATE'), has_sequence_privilege('dashboard_apps_id_seq', 'USAGE')"
+                )
+            ).one()
+        role, *granted = row
+        names = ("SELECT on dashboard_apps", "INSERT on dashboard_apps", "UPDATE on dashboard_apps", "USAGE on sequence dashboard_apps_id_seq")
+        return [name for name, ok in zip(names, granted) if not ok]
+
+    def role(self) -> str:
+        with self.engine.connect() as connection:
+            return str(connection.execute(text("SELECT current_user")).scalar_one())
+
+
+def ours_in(rows: Sequence[Any], account_id: int, recorded_id: int | None, path: str) -> Any:
+    """Our row among an account's dashboard apps: the one we recorded, else one that opens our page."""
+    rows = [row for row in rows if row.account_id == account_id]
+    for row in rows:
+        if row.id == recorded_id:
+            return row
+    return next((row for row in rows if opens_our_page(_as_list(row.content), account_id, path)), None)
+
+
+def _as_list(content: Any) -> Any:
+    return json.loads(content) if isinstance(content, str) else content
+
+
+def describe_database_error(exc: DBAPIError) -> str:
+    """Operator words for what Chatwoot's database said: the missing grant, a lock held too long, or its first line."""
+    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    if code == "42501":
+        grants = " ".join(grant.format(role="<role of CHATWOOT_DATABASE_URL>") for grant in WRITE_GRANTS)
+        return f"permission denied on dashboard_apps: {grants}"
+    if code == "55P03":
+        return "dashboard_apps is locked in Chatwoot's database (lock_timeout); reconcile will try again"
+    if code == "57014":
+        return "Chatwoot's database did not answer in time (statement_timeout); reconcile will try again"
+    lines = str(exc.orig).strip().splitlines()
+    return f"Chatwoot database: {printable(lines[0], 200) if lines else type(exc.orig).__name__}"
+
+
+def rails_runner_script() -> str:
+    """Ruby for `rails runner` on the Chatwoot server: the same tabs, made by Chatwoot itself (idempotent), for
+    operators who will not grant writes on dashboard_apps."""
+    config = current_app.config
+    base = f"{config['PUBLIC_URL'].rstrip('/') or 'https://<backend>'}{embed_path()}"
+    secret = config["CHATWOOT_EMBED_SECRET"]
+    return RAILS_RUNNER.format(
+        base=json.dumps(base), path=json.dumps(embed_path()), title=json.dumps(config["CHATWOOT_DASHBOARD_APP_TITLE"]),
+        secret=json.dumps(secret) if secret else "nil",
+    )
+
+
+RAILS_RUNNER = """# The company tab (Dashboard App) in every Chatwoot account, made by Chatwoot itself.
+# Run on the Chatwoot server, in its directory:  bundle exec rails runner /path/to/this_file.rb
+# Safe to run again: an account that has the tab (any host, same page) gets it updated in place, never twice;
+# other dashboard apps are not touched.
+require 'openssl'
+base = {base}
+path = {path}
+title = {title}
+secret = {secret}
+made = updated = skipped = 0
+Account.find_each do |account|
+  url = "#{{base}}?accountId=#{{account.id}}"
+  url += "&sig=#{{OpenSSL::HMAC.hexdigest('SHA256', secret, account.id.to_s)}}" if secret
+  content = [{{ 'type' => 'frame', 'url' => url }}]
+  ours = account.dashboard_apps.detect do |app|
+    items = app.content.is_a?(Array) ? app.content : []
+    next false unless items.size == 1 && items.first.is_a?(Hash)
+    uri = URI.parse(items.first['url'].to_s) rescue nil
+    uri && uri.path.to_s.chomp('/') == path && URI.decode_www_form(uri.query.to_s).to_h['accountId'] == account.id.to_s
+  end
+  if ours
+    next if ours.title == title && ours.content == content
+    ours.update!(title: title, content: content)
+    updated += 1
+  else
+    admin = account.account_users.where(role: :administrator).order(:id).first&.user
+    if admin.nil?
+      skipped += 1
+      next
+    end
+    account.dashboard_apps.create!(title: title, content: content, user: admin)
+    made += 1
+  end
+end
+puts "company tabs: #{{made}} created, #{{updated}} updated, #{{skipped}} accounts without an administrator"
+"""
