@@ -130,6 +130,7 @@ class LiveServer:
     def __init__(self, env: dict[str, str], log_path: Path):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        env = {name: value.replace("{server_url}", self.url) for name, value in env.items()}  # e.g. PUBLIC_URL
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(

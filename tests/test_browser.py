@@ -501,3 +501,41 @@ def test_operator_dashboard_empty_state(server, page):
     expect(page.locator("#recent-errors")).to_have_text("No errors recorded.")
     expect(page.locator("#load-error")).to_be_hidden()
     screenshot(page, "operator-dashboard-empty")
+
+
+# ---- the company tab that the backend puts in every Chatwoot account --------------------------------------------
+
+
+def test_the_automatic_tab_opens_the_company_with_signed_lookups(
+    database_url, redis_url, chatwoot, chatwoot_db, open_tab, tmp_path
+):
+    chatwoot_db.add_accounts([(4301, "Acme Corp")])
+    chatwoot_db.add_administrators([(4301, 7)])
+    env = {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "CHATWOOT_URL": chatwoot.origin,
+        "CHATWOOT_WEBHOOK_SECRET": SECRET,
+        "CHATWOOT_EMBED_SECRET": "tab-embed-secret",
+        "CHATWOOT_DATABASE_URL": chatwoot_db.role_url(),
+        "PUBLIC_URL": "{server_url}",
+        "CHATWOOT_API_URL": "",
+        "WEB_CONCURRENCY": "1",
+    }
+    tab_server = LiveServer(env, tmp_path / "gunicorn.log")
+    try:
+        create_company(tab_server, 4301, "Acme Corp")
+        deadline = time.monotonic() + 10
+        while not (rows := chatwoot_db.dashboard_apps(4301)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        [(_, _, title, content, _, _)] = rows
+        url = content[0]["url"]
+        assert title == "Empresa" and url.startswith(f"{tab_server.url}/api/chatwoot/webhooks/embed?accountId=4301&sig=")
+        tab = open_tab(viewport=CHATWOOT_SIZE)
+        tab.goto(chatwoot.url(url, 4301))  # framed by "Chatwoot", exactly as the row says
+        expect_company(tab.frame_locator("#dashboard-app"), 4301, "Acme Corp")
+        screenshot(tab, "automatic-tab-in-chatwoot")
+        unsigned = requests.get(f"{tab_server.url}{LOOKUP_PATH}4301", timeout=5)
+        assert (unsigned.status_code, unsigned.json()["code"]) == (403, "invalid_signature")
+    finally:
+        tab_server.stop()

@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import ORMExecuteState, Session
 
 from multibackend.clock import utcnow
-from multibackend.extensions import conflict_aware_insert, db
+from multibackend.extensions import db
 from multibackend.models import Company, CompanySnapshot, TenantAnnouncement
 from multibackend.services import lookup_cache
 from multibackend.services.tenant_naming import tenant_names
@@ -41,6 +41,12 @@ WRITE_PATH_OPTION = "multibackend_company_write"
 STATEMENT_TIMEOUT_EXTENSION = "multibackend.statement_timeout_ms"
 #: how old an outbox row must be before the reconciler takes it over from the process that wrote it
 ANNOUNCE_GRACE_SECONDS = 30.0
+
+# plain text: compiled once (an INSERT ... ON CONFLICT built per call costs more than its round trip)
+OWE_ANNOUNCEMENT = text(
+    f"INSERT INTO {TenantAnnouncement.__tablename__} (company_pk, created_at) VALUES (:company_pk, :created_at)"
+    " ON CONFLICT DO NOTHING"
+)
 
 _current_write: ContextVar[CompanyWrite | None] = ContextVar("multibackend_company_write", default=None)
 
@@ -103,8 +109,8 @@ class CompanyWrite:
             if company.is_ready and not self.ready_before[key] and company.chatwoot_account_id
         ]
         if self.owed and not self.dry_run:
-            statement = conflict_aware_insert(TenantAnnouncement.__table__).on_conflict_do_nothing()
-            db.session.execute(statement, [{"company_pk": pk, "created_at": utcnow()} for pk, _ in self.owed])
+            now = utcnow()
+            db.session.execute(OWE_ANNOUNCEMENT, [{"company_pk": pk, "created_at": now} for pk, _ in self.owed])
 
 
 @contextlib.contextmanager
@@ -181,15 +187,17 @@ def _announce(owed: Sequence[tuple[int, CompanySnapshot]]) -> tuple[list[Company
 
 
 def _settle_announcements(company_pks: Sequence[int]) -> None:
-    """Remove the outbox rows of signals that were sent. Not a durable commit: losing it in a crash only means
-    the signal is sent once more, which receivers must accept anyway."""
+    """Remove the outbox rows of signals that were sent, in one round trip and without a durable commit: losing it
+    in a crash only means the signal is sent once more, which receivers must accept anyway."""
+    listed = ", ".join(str(int(pk)) for pk in company_pks)
+    delete_sent = f"DELETE FROM {TenantAnnouncement.__tablename__} WHERE company_pk IN ({listed})"
     try:
-        if db.engine.dialect.name == "postgresql":
-            db.session.execute(text("SET LOCAL synchronous_commit = off"))
-        db.session.execute(delete(TenantAnnouncement).where(TenantAnnouncement.company_pk.in_(company_pks)))
-        db.session.commit()
+        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            if connection.dialect.name == "postgresql":
+                connection.exec_driver_sql(f"BEGIN; SET LOCAL synchronous_commit TO OFF; {delete_sent}; COMMIT")
+            else:
+                connection.exec_driver_sql(delete_sent)
     except SQLAlchemyError as exc:
-        db.session.rollback()
         logger.warning("[Chatwoot Sync] Announcements sent but not settled (%s): reconcile sends them again", type(exc).__name__)
 
 

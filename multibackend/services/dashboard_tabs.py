@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import threading
+import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -42,7 +44,6 @@ WRITE_GRANTS = (
 )
 READ_GRANT = "GRANT SELECT ON accounts, account_users, installation_configs TO {role};"
 
-_background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dashboard-tab")
 
 
 class TabError(Exception):
@@ -149,25 +150,62 @@ def remember_tabs(tabs: Iterable[Tab], changes: TabChanges) -> None:
 
 
 def ensure_tab_soon(account_id: int, admin_ids: Sequence[int] = ()) -> None:
-    """After a delivery: make the account's tab on a background thread, so the webhook's answer never waits on
-    Chatwoot's database; a failure is logged and left to reconcile."""
+    """After a delivery: the account's tab is made by a background thread, so the webhook's answer never waits on
+    Chatwoot's database; deliveries that arrive together share one pass. A failure is logged, left to reconcile."""
     if tabs_disabled_because() is not None:
         return
-    app = current_app._get_current_object()
-    _background.submit(_ensure_in_background, app, account_id, list(admin_ids))
+    _queue.add(current_app._get_current_object(), account_id, list(admin_ids))
 
 
-def _ensure_in_background(app: Flask, account_id: int, admin_ids: list[int]) -> None:
+class TabQueue:
+    """Accounts waiting for their tab, per app, taken in batches by one background thread per process."""
+
+    BATCH_WINDOW_SECONDS = 0.05
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: dict[Flask, dict[int, list[int]]] = {}
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def add(self, app: Flask, account_id: int, admin_ids: list[int]) -> None:
+        with self._lock:
+            self._waiting.setdefault(app, {})[account_id] = admin_ids
+            if self._thread is None or self._pid != os.getpid():  # none yet, or this is a forked worker
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._run, name="dashboard-tabs", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            time.sleep(self.BATCH_WINDOW_SECONDS)
+            with self._lock:
+                self._wake.clear()
+                batches, self._waiting = self._waiting, {}
+            for app, accounts in batches.items():
+                _ensure_in_background(app, accounts)
+
+
+def _ensure_in_background(app: Flask, accounts: dict[int, list[int]]) -> None:
     with app.app_context():
         try:
-            changes = ensure_tabs([account_id], {account_id: admin_ids})
+            changes = ensure_tabs(list(accounts), accounts)
         except (TabError, SQLAlchemyError) as exc:
-            logger.warning("[Chatwoot Sync] Dashboard tab of account %s left to reconcile: %s", account_id, printable(str(exc), 300))
+            logger.warning("[Chatwoot Sync] Dashboard tabs of accounts %s left to reconcile: %s", sorted(accounts), printable(str(exc), 300))
             return
-        if account_id in changes.created:
+        except Exception:  # the thread serves every later delivery: never let it die
+            logger.exception("[Chatwoot Sync] Error: dashboard tabs of accounts %s", sorted(accounts))
+            return
+        for account_id in changes.created:
             logger.info("[Chatwoot Sync] Dashboard tab created in account %s", account_id)
-        elif account_id in changes.skipped:
-            logger.warning("[Chatwoot Sync] Dashboard tab of account %s not created: %s", account_id, changes.skipped[account_id])
+        for account_id, reason in changes.skipped.items():
+            logger.warning("[Chatwoot Sync] Dashboard tab of account %s not created: %s", account_id, reason)
+
+
+_queue = TabQueue()
 
 
 def missing_tabs_count() -> tuple[int, int]:

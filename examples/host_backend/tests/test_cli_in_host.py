@@ -14,7 +14,10 @@ from alembic.runtime.migration import MigrationContext
 from host_backend.extensions import database
 from tests.helpers import EXAMPLE, HOST_OWN_COMPANY, cli_env, create_database, drop_database, run_sql, url_of
 
-AUTO_SYNC_TABLES = {"chatwoot_sync_events", "chatwoot_sync_totals", "chatwoot_tenant_announcements", "chatwoot_webhook_rejections"}
+AUTO_SYNC_TABLES = {
+    "chatwoot_dashboard_tabs", "chatwoot_sync_events", "chatwoot_sync_totals", "chatwoot_tenant_announcements",
+    "chatwoot_webhook_rejections",
+}
 
 
 def public_columns(url: str) -> list[tuple]:
