@@ -40,6 +40,19 @@ def account_of(account_id: int, name: Any, suspended: bool, marked_for_deletion:
     return ChatwootAccount(int(account_id), company_name, status)
 
 
+def chatwoot_engine(url: str, read_only: bool, application_name: str = "multibackend") -> Engine:
+    """A small pool on Chatwoot's database that never waits long to connect (read-only sessions unless told)."""
+    options = "-c default_transaction_read_only=on" if read_only else ""
+    return create_engine(
+        sqlalchemy_database_uri(url, ""),
+        pool_size=2,
+        max_overflow=2,
+        pool_pre_ping=True,
+        pool_timeout=2,
+        connect_args={"connect_timeout": 2, "options": options, "application_name": application_name},
+    )
+
+
 class ChatwootSource(Protocol):
     #: True when `accounts()` lists every account, so an account missing from it is gone.
     complete: bool
@@ -64,14 +77,7 @@ class ChatwootDatabaseSource:
     ACCOUNT_COLUMNS = "id, name, status, custom_attributes->>'marked_for_deletion_at'"
 
     def __init__(self, url: str):
-        self.engine: Engine = create_engine(
-            sqlalchemy_database_uri(url, ""),
-            pool_size=2,
-            max_overflow=2,
-            pool_pre_ping=True,
-            pool_timeout=2,
-            connect_args={"connect_timeout": 2, "options": "-c default_transaction_read_only=on"},
-        )
+        self.engine = chatwoot_engine(url, read_only=True)
 
     def accounts(self, batch_size: int) -> Iterator[list[ChatwootAccount]]:
         last_id = 0

@@ -21,14 +21,14 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from flask import Flask, current_app
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import select, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from multibackend.config import sqlalchemy_database_uri
 from multibackend.extensions import conflict_aware_insert, db
 from multibackend.logging_setup import printable
 from multibackend.models import DashboardTab
+from multibackend.services.chatwoot_source import chatwoot_engine
 from multibackend.services.webhook_auth import lookup_signature
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,6 @@ WRITE_GRANTS = (
     "GRANT SELECT, INSERT, UPDATE ON dashboard_apps TO {role};",
     "GRANT USAGE ON SEQUENCE dashboard_apps_id_seq TO {role};",
 )
-READ_GRANT = "GRANT SELECT ON accounts, account_users, installation_configs TO {role};"
 
 
 
@@ -235,14 +234,7 @@ class ChatwootTabWriter:
     STATEMENT_TIMEOUT_MS = 2000
 
     def __init__(self, url: str):
-        self.engine: Engine = create_engine(
-            sqlalchemy_database_uri(url, ""),
-            pool_size=2,
-            max_overflow=2,
-            pool_pre_ping=True,
-            pool_timeout=2,
-            connect_args={"connect_timeout": 2, "application_name": "multibackend-dashboard-tabs"},
-        )
+        self.engine: Engine = chatwoot_engine(url, read_only=False, application_name="multibackend-dashboard-tabs")
 
     def write(self, tabs: Sequence[Tab], recorded: dict[int, int], admin_hints: dict[int, Sequence[int]], path: str, dry_run: bool) -> TabChanges:
         """Create or update our tab in each account, under per-account advisory locks, in one transaction."""
