@@ -21,3 +21,13 @@ def busy_share(window_s: float = 0.5) -> float:
     idle_after, total_after = _cpu_ticks()
     total = total_after - total_before
     return 1.0 - (idle_after - idle_before) / total if total else 0.0
+
+
+def settled_share(patience_s: float = 8.0) -> float:
+    """Wait (up to patience_s) until the machine is quiet (the previous run's backlog, autovacuum, a checkpoint),
+    then return how busy it was in the last window."""
+    deadline = time.monotonic() + patience_s
+    share = busy_share()
+    while share > BUSY_WARNING_SHARE and time.monotonic() < deadline:
+        share = busy_share()
+    return share

@@ -64,7 +64,7 @@ def raise_keyboard_interrupt(signum: int, frame: object) -> None:
 @click.option("--warmup", "warmup_s", type=click.IntRange(0), help="Warm-up seconds before each scenario (0: none).")
 @click.option("--connections", type=click.IntRange(1, MAX_LOAD_WORKERS), help="Concurrent connections [16].")
 @click.option("--threads", type=click.IntRange(1, MAX_LOAD_WORKERS), help="wrk threads / Python processes [2].")
-@click.option("--workers", type=click.IntRange(1), help="WEB_CONCURRENCY of both servers [gunicorn.conf.py's].")
+@click.option("--workers", type=click.IntRange(1), help="WEB_CONCURRENCY of both servers [2, as the issue measures; 4 threads each].")
 @click.option("--loadgen", type=click.Choice(["auto", "wrk", "python"]), default="auto", show_default=True,
               help="auto: wrk (installed with apt-get when root), else the Python generator.")
 @click.option("--scenario", "scenarios", multiple=True, type=click.Choice(SCENARIO_NAMES),

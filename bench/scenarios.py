@@ -11,7 +11,8 @@ from bench.settings import MISS_MAX, NEW_ACCOUNT_STRIDE, WEBHOOK_SECRET
 
 WEBHOOK_PATH = f"/api/chatwoot/webhooks/account-created?token={WEBHOOK_SECRET}"
 LOOKUP_PATH = "/api/chatwoot/webhooks/company/{id}"
-POLLED_IDS = 1000  # unknown account ids that iframes keep polling
+HOT_IDS = 1000  # existing accounts whose iframes keep polling
+HIT_SPREAD = 200_000  # random hits are drawn over the first 200,000 loaded accounts (the scenario)
 METRICS_PATH = f"/api/chatwoot/webhooks/metrics?token={WEBHOOK_SECRET}"
 ACCOUNT_BODY = '{"id": {id}, "name": "Bench {id}", "event": "account_created", "users": []}'
 
@@ -60,38 +61,40 @@ class Scenario:
     server: str  # "app" or "baseline"
     request: Callable[[LoadContext], RequestSpec]
     also_on_small_dataset: bool = False
+    also_on_large_dataset: bool = False
+    burst_before: bool = False
+
+
+def _webhook_new(c: LoadContext) -> RequestSpec:
+    return RequestSpec(
+        "POST", WEBHOOK_PATH, ACCOUNT_BODY, id_mode="sequence", id_low=c.new_id_block, id_high=NEW_ACCOUNT_STRIDE,
+        record_acks=True,
+    )
 
 
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("baseline", "baseline", lambda c: RequestSpec("GET", "/")),
-    Scenario("system-info", "app", lambda c: RequestSpec("GET", "/api/system/info")),
+    Scenario(  # iframes polling the same 1,000 existing accounts
+        "lookup-hot", "app", lambda c: RequestSpec("GET", LOOKUP_PATH, id_mode="random", id_low=1, id_high=min(HOT_IDS, c.companies)),
+    ),
     Scenario(
-        "lookup-hit", "app", lambda c: RequestSpec("GET", LOOKUP_PATH, id_mode="random", id_low=1, id_high=c.companies),
-        also_on_small_dataset=True,
+        "lookup-hit", "app",
+        lambda c: RequestSpec("GET", LOOKUP_PATH, id_mode="random", id_low=1, id_high=min(HIT_SPREAD, c.companies)),
+        also_on_small_dataset=True, also_on_large_dataset=True,
     ),
     Scenario(
         "lookup-miss", "app",
         lambda c: RequestSpec("GET", LOOKUP_PATH, id_mode="random", id_low=c.companies + 1, id_high=MISS_MAX),
     ),
-    Scenario(  # what polling iframes do: the same few unknown ids again and again
-        "lookup-miss-polled", "app",
-        lambda c: RequestSpec("GET", LOOKUP_PATH, id_mode="random", id_low=c.companies + 1, id_high=c.companies + POLLED_IDS),
-    ),
-    Scenario("metrics", "app", lambda c: RequestSpec("GET", METRICS_PATH)),
-    Scenario(
-        "webhook-repeat", "app",
-        lambda c: RequestSpec("POST", WEBHOOK_PATH, ACCOUNT_BODY, id_mode="random", id_low=1, id_high=c.companies),
-    ),
-    Scenario(
-        "webhook-new", "app",
-        lambda c: RequestSpec(
-            "POST", WEBHOOK_PATH, ACCOUNT_BODY, id_mode="sequence", id_low=c.new_id_block,
-            id_high=NEW_ACCOUNT_STRIDE, record_acks=True,
-        ),
-    ),
+    Scenario("webhook-new", "app", _webhook_new),
+    # a burst of new-account webhooks before each measured run, so the events are not folded into the totals yet
+    Scenario("metrics-after-burst", "app", lambda c: RequestSpec("GET", METRICS_PATH), burst_before=True),
+    Scenario("backfill-10k", "cli", lambda c: RequestSpec("CLI", "reconcile")),
 )
 SCENARIO_NAMES = tuple(scenario.name for scenario in SCENARIOS)
 SMALL_SUFFIX = "@1k"
+LARGE_SUFFIX = "@1m"
+BACKFILL_SCENARIO = "backfill-10k"
 
 
 class Row(Protocol):
@@ -135,18 +138,22 @@ def _p99(name: str, limit_ms: float) -> Budget:
     return Budget(f"{name} p99 <= {limit_ms:g} ms", lambda rows: rows[name].p99_ms, limit_ms, at_most=True, unit=" ms")
 
 
+def _p50_against_small(rows: Mapping[str, Row]) -> float:
+    large = rows.get(f"lookup-hit{LARGE_SUFFIX}") or rows["lookup-hit"]
+    return large.p50_ms / rows[f"lookup-hit{SMALL_SUFFIX}"].p50_ms
+
+
 BUDGETS: tuple[Budget, ...] = (
-    _throughput("lookup-hit", 0.7),
-    _throughput("lookup-miss", 0.7),
-    _throughput("lookup-miss-polled", 0.7),
-    _p99("lookup-hit", 10),
-    _p99("lookup-miss", 10),
+    _throughput("lookup-hot", 0.8),
+    _throughput("lookup-hit", 0.5),
+    _throughput("lookup-miss", 0.6),
     _throughput("webhook-new", 0.25),
     _p99("webhook-new", 50),
-    _throughput("metrics", 0.5),
+    _throughput("metrics-after-burst", 0.5),
+    Budget(f"{BACKFILL_SCENARIO} wall (CLI start included) <= 2 s", lambda rows: rows[BACKFILL_SCENARIO].p50_ms / 1000, 2.0,
+           at_most=True, unit=" s"),
     Budget(
-        f"lookup-hit p50 (all companies) <= 1.2 x lookup-hit{SMALL_SUFFIX} p50",
-        lambda rows: rows["lookup-hit"].p50_ms / rows[f"lookup-hit{SMALL_SUFFIX}"].p50_ms,
-        1.2, at_most=True, unit="x",
+        f"lookup-hit{LARGE_SUFFIX} p50 (1,000,000 companies) <= 1.2 x lookup-hit{SMALL_SUFFIX} p50",
+        _p50_against_small, 1.2, at_most=True, unit="x",
     ),
 )

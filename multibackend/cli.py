@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import sys
 import time
@@ -115,9 +116,12 @@ def reconcile_command(dry_run: bool, watch: bool, interval: float, retry_failed:
     if retry_failed and not dry_run:
         click.echo(f"[Chatwoot Sync] {reconciler.retry_failed()} companies get a fresh set of attempts")
     stopping = _stop_on_signals() if watch else []
+    json_logs = current_app.config["LOG_FORMAT"] == "json"
     while True:
-        summary = reconciler.reconcile(dry_run=dry_run, progress=progress_bar)
-        _print_summary(summary)
+        with _summary_said_once(reconciler.logger, json_logs):
+            summary = reconciler.reconcile(dry_run=dry_run, progress=progress_bar)
+        if not json_logs or summary.locked_out:  # with LOG_FORMAT=json the reconciler's JSON line is the summary
+            _print_summary(summary)
         if not watch:
             sys.exit(0 if summary.ok else 1)
         deadline = time.monotonic() + interval
@@ -125,6 +129,22 @@ def reconcile_command(dry_run: bool, watch: bool, interval: float, retry_failed:
             time.sleep(min(1.0, interval))
         if stopping:
             return
+
+
+SUMMARY_LOG_MESSAGES = ("[Chatwoot Sync] Reconcile: %s", "[Chatwoot Sync] Error: %s")
+
+
+@contextlib.contextmanager
+def _summary_said_once(reconciler_logger: logging.Logger, json_logs: bool) -> Iterator[None]:
+    """Readable logs: the reconciler's summary and problem lines are left out, the command's ✓/✗ lines say them."""
+    def not_the_summary(record: logging.LogRecord) -> bool:
+        return json_logs or record.msg not in SUMMARY_LOG_MESSAGES
+
+    reconciler_logger.addFilter(not_the_summary)
+    try:
+        yield
+    finally:
+        reconciler_logger.removeFilter(not_the_summary)
 
 
 def _print_summary(summary) -> None:  # type: ignore[no-untyped-def]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -103,6 +105,35 @@ def secret_list(name: str, value: Any) -> tuple[str, ...]:
     return tuple(item.strip() for item in items if item and item.strip())
 
 
+def database_address(name: str, value: Any) -> str:
+    """Unset (the embedded SQLite file), or a PostgreSQL (or SQLAlchemy sqlite:) URL."""
+    url = text(name, value).strip()
+    if url and not url.startswith(("postgres://", "postgresql://", "postgresql+", "sqlite:")):
+        scheme = url.partition("://")[0]  # never the rest: it may hold a password
+        raise ConfigError(
+            f"{name} must start with postgresql:// (or postgres://), got {scheme!r}; leave it unset for SQLite"
+        )
+    return url
+
+
+def secrets_text(name: str, value: Any) -> str:
+    """Unset (empty), or a comma-separated list with at least one secret: a value of only blanks and commas would
+    silently turn authentication off, so it is refused."""
+    raw = text(name, value)
+    if raw and not secret_list(name, raw):
+        raise ConfigError(f"{name} must hold a secret, got only blanks and commas {raw!r}: set one, or unset it")
+    return raw
+
+
+def secret(name: str, value: Any) -> str:
+    """Unset (empty), or a secret without surrounding blanks: a blank value would open what it guards to
+    ?token=%20, so it is refused."""
+    raw = text(name, value)
+    if raw and not raw.strip():
+        raise ConfigError(f"{name} must not be blank, got {raw!r}: set a secret, or unset it")
+    return raw.strip()
+
+
 def worker_count(name: str, value: Any) -> int:
     """A positive number of worker processes; blank means 2 × CPUs + 1, at most 9."""
     if value in (None, ""):
@@ -146,10 +177,10 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("DATABASE_URL", "", text, "PostgreSQL, `postgresql://user:pass@host:5432/db` (`postgres://` works too)",
-            "*(unset: SQLite file)*"),
+    Setting("DATABASE_URL", "", database_address,
+            "PostgreSQL, `postgresql://user:pass@host:5432/db` (`postgres://` works too)", "*(unset: SQLite file)*"),
     Setting("REDIS_URL", "", text, "e.g. `redis://default:pass@host:6379/0`", "*(unset: Redis step skipped)*"),
-    Setting("CHATWOOT_WEBHOOK_SECRET", "", text,
+    Setting("CHATWOOT_WEBHOOK_SECRET", "", secrets_text,
             "the webhook secret; a comma-separated list accepts several during a rotation",
             "*(unset: no authentication)*", derived=("CHATWOOT_WEBHOOK_SECRETS", secret_list)),
     Setting("CHATWOOT_WEBHOOK_MAX_BODY_BYTES", 1024 * 1024, positive_int, "larger bodies get 413"),
@@ -167,7 +198,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CHATWOOT_API_URL", "", text,
             "Chatwoot's address for its Platform API, with `CHATWOOT_PLATFORM_TOKEN`: the same as "
             "`CHATWOOT_DATABASE_URL` when there is no database access (only the accounts that platform app can see)"),
-    Setting("CHATWOOT_PLATFORM_TOKEN", "", text, "the platform app's access token for `CHATWOOT_API_URL`"),
+    Setting("CHATWOOT_PLATFORM_TOKEN", "", secret, "the platform app's access token for `CHATWOOT_API_URL`"),
     Setting("PUBLIC_URL", "", text,
             "this backend's public URL, e.g. `https://backend.example`; the doctor checks Chatwoot points at it"),
     Setting("CHATWOOT_DASHBOARD_APPS", True, boolean,
@@ -184,10 +215,10 @@ SETTINGS: tuple[Setting, ...] = (
             'how long "Chatwoot does not have this account" is remembered'),
     Setting("CHATWOOT_URL", "", text,
             "Chatwoot's address, e.g. `https://chat.example.com`: the only site allowed to frame the dashboard page"),
-    Setting("CHATWOOT_EMBED_SECRET", "", text,
+    Setting("CHATWOOT_EMBED_SECRET", "", secret,
             "signed lookups: the lookup then needs `sig` (see *The dashboard inside Chatwoot*)",
             "*(unset: lookups open)*"),
-    Setting("CHATWOOT_ADMIN_TOKEN", "", text,
+    Setting("CHATWOOT_ADMIN_TOKEN", "", secret,
             "a second secret that opens the operator pages and both metrics endpoints (the webhook secret does too)"),
     Setting("EMBED_WAIT_SECONDS", 30, positive_float,
             'how long the iframe page waits for the company before it offers "Reintentar"'),
@@ -203,7 +234,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PORT", 8000, positive_int, "gunicorn listens on `0.0.0.0:$PORT`", gunicorn_only=True),
     Setting("WEB_CONCURRENCY", "", worker_count, "gunicorn worker processes", "`2 × CPUs + 1` (max 9)",
             gunicorn_only=True),
-    Setting("GUNICORN_THREADS", 4, positive_int, "threads per worker (gthread)", gunicorn_only=True),
+    Setting("GUNICORN_WORKER_CONNECTIONS", 1000, positive_int,
+            "simultaneous connections per worker (gevent: a stalled client holds a connection, never a thread)",
+            gunicorn_only=True),
 )
 APP_SETTINGS = tuple(setting for setting in SETTINGS if not setting.gunicorn_only)
 _BY_NAME = {setting.name: setting for setting in SETTINGS}
@@ -221,6 +254,25 @@ def read_settings(environ: Mapping[str, str], overrides: Mapping[str, Any] | Non
             derived_name, derive = setting.derived
             settings[derived_name] = derive(setting.name, settings[setting.name])
     return settings
+
+
+def check_settings(environ: Mapping[str, str]) -> None:
+    """Every declared setting, the app's and gunicorn's, checked at once: what a server runs before it starts
+    workers, so a wrong value stops it with one ConfigError instead of a worker's traceback (the app reads its own
+    again, with overrides, in load_settings)."""
+    for setting in SETTINGS:
+        read_setting(environ, setting.name)
+
+
+@contextlib.contextmanager
+def stop_on_wrong_setting(exit_code: int = 1) -> Iterator[None]:
+    """Start-up code whose ConfigError stops the process with one line on stderr and a non-zero exit code, never a
+    traceback."""
+    try:
+        yield
+    except ConfigError as error:
+        print(f"Error: {error}", file=sys.stderr)
+        raise SystemExit(exit_code) from None
 
 
 def read_setting(environ: Mapping[str, str], name: str) -> Any:
@@ -264,9 +316,7 @@ def sqlalchemy_database_uri(database_url: str, instance_path: str) -> str:
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix):]
-    if url.startswith(("postgresql+", "sqlite:")):
-        return url
-    raise ConfigError("DATABASE_URL must start with postgresql:// (or postgres://); leave it unset for SQLite")
+    return database_address("DATABASE_URL", url)
 
 
 def engine_options(uri: str, settings: Mapping[str, Any]) -> dict[str, Any]:

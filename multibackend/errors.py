@@ -60,8 +60,6 @@ def from_http_exception(exc: HTTPException) -> ApiError:
     status = exc.code or 500
     code, message = HTTP_ERROR_CODES.get(status, ("http_error", exc.name))
     headers = {"Allow": ", ".join(exc.valid_methods)} if getattr(exc, "valid_methods", None) else {}
-    if status == 429 and hasattr(exc, "limit"):  # Flask-Limiter: the window's length bounds the wait
-        headers["Retry-After"] = str(exc.limit.limit.get_expiry())
     return ApiError(status, code, message, headers=headers)
 
 
@@ -85,12 +83,28 @@ def register_blueprint_errors(bp: Blueprint, record: Callable[[ApiError], None] 
 
 def register_routing_errors(app: Flask, prefixes: tuple[str, ...]) -> None:
     """JSON for routing errors (404/405) under our URL prefixes; everywhere else the handlers the host registered
-    (app-wide, or for 404/405) answer exactly as before, and without them Flask's own pages do."""
+    (app-wide, or for 404/405) answer exactly as before, and without them Flask's own pages do. Our routes never
+    redirect (`//` in a path is a 404, not a redirect to whatever `Host` says) and our JSON answers are never
+    cached or sniffed."""
     handlers = app.error_handler_spec[None]
     for code, exc_class in ((None, HTTPException), (404, NotFound), (405, MethodNotAllowed)):
         hosts = handlers[code].get(exc_class)
         if code is None or hosts is not None:
             handlers[code][exc_class] = _under_prefixes(prefixes, hosts)
+    for rule in app.url_map.iter_rules():
+        if rule.rule.startswith(prefixes):
+            rule.merge_slashes = False  # werkzeug would answer 308 with an absolute URL built from Host
+    app.after_request(_json_headers_under(prefixes))
+
+
+def _json_headers_under(prefixes: tuple[str, ...]) -> Callable[[Response], Response]:
+    def json_headers(response: Response) -> Response:
+        if response.mimetype == "application/json" and request.path.startswith(prefixes):
+            response.headers.setdefault("Cache-Control", "no-store")
+            response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
+    return json_headers
 
 
 def _under_prefixes(prefixes: tuple[str, ...], hosts: Callable[[Any], Any] | None) -> Callable[[HTTPException], Any]:

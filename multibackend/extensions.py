@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
+import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import redis
-from flask import Flask, current_app, request
-from flask_limiter import Limiter
-from flask_limiter.util import get_remote_address
+from flask import Flask, current_app
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import Engine
 from sqlalchemy.dialects import postgresql, sqlite
@@ -25,7 +26,6 @@ class Base(DeclarativeBase):
 
 # expire_on_commit=False: what a request committed stays readable without another round trip
 own_db = SQLAlchemy(metadata=Base.metadata, session_options={"expire_on_commit": False})
-limiter = Limiter(key_func=get_remote_address)
 
 DATABASE_EXTENSION = "multibackend.database"
 PLUGIN_BLUEPRINT = "chatwoot_webhooks"
@@ -127,38 +127,133 @@ def once_more_if_disconnected(operation: Callable[[], T]) -> T:
         return operation()
 
 
+LIMITS_EXTENSION = "multibackend.limits"
+LIMIT_KEY = "multibackend:ratelimit:{}:{}:{}"  # name, window number, client address
+SYNC_INTERVAL_SECONDS = 1.0
+
+
+class WindowLimits:
+    """Fixed-window limits per client address, shared by every worker and instance through Redis, without a round
+    trip on the happy path:
+
+    - `count_now` (failed authentication): one INCR per counted request; the count Redis returns decides, so
+      concurrent requests can never pass more than the limit within a window (a fixed window: at most twice the
+      limit across a window boundary). Requests that are not counted (valid credentials) cost nothing.
+    - `count_later` (lookups): counted in this process's memory and added to Redis by a background thread every
+      SYNC_INTERVAL_SECONDS, which brings back the total of every worker. A process refuses once its last known
+      total plus its own unsent count reaches the limit: exact within one process; across processes a client may
+      pass the limit by what the other workers admitted during the last SYNC_INTERVAL_SECONDS.
+
+    Without Redis, or while it is unreachable, counts are per process; a Redis outage never fails a request."""
+
+    def __init__(self, client: redis.Redis | None, enabled: bool):
+        self.client = client
+        self.enabled = enabled
+        self.lock = threading.Lock()
+        self.local: dict[str, list[float]] = {}  # key -> [window's end, known total of every process, unsent here, being sent]
+        self.flusher_pid = 0
+
+    def count_now(self, name: str, address: str, limit: Any) -> int | None:
+        """Count one request now; the seconds to wait (Retry-After) if it is over the limit, else None."""
+        if not self.enabled:
+            return None
+        period = limit.get_expiry()
+        window = int(time.time() // period)
+        key = LIMIT_KEY.format(name, window, address)
+        count = None
+        if self.client is not None:
+            try:
+                pipeline = self.client.pipeline(transaction=False)
+                pipeline.incr(key)
+                pipeline.expire(key, period + 1)
+                count = pipeline.execute()[0]
+            except redis.RedisError:
+                count = None
+        if count is None:
+            with self.lock:
+                entry = self._entry(key, window, period)
+                entry[2] += 1
+                count = entry[1] + entry[2] + entry[3]
+        return self._retry_after(window, period) if count > limit.amount else None
+
+    def count_later(self, name: str, address: str, limit: Any) -> int | None:
+        """Count one request in memory (sent to Redis in the background); Retry-After seconds if over the limit."""
+        if not self.enabled:
+            return None
+        period = limit.get_expiry()
+        window = int(time.time() // period)
+        key = LIMIT_KEY.format(name, window, address)
+        with self.lock:
+            entry = self._entry(key, window, period)
+            if entry[1] + entry[2] + entry[3] >= limit.amount:
+                return self._retry_after(window, period)
+            entry[2] += 1
+        if self.client is not None and self.flusher_pid != os.getpid():
+            self._start_flusher()
+        return None
+
+    def _entry(self, key: str, window: int, period: int) -> list[float]:
+        entry = self.local.get(key)
+        if entry is None:
+            if len(self.local) > 10_000:
+                now = time.time()
+                self.local = {k: v for k, v in self.local.items() if v[0] > now}
+            entry = self.local[key] = [(window + 1) * period, 0, 0, 0]
+        return entry
+
+    @staticmethod
+    def _retry_after(window: int, period: int) -> int:
+        return max(1, int((window + 1) * period - time.time()) + 1)
+
+    def _start_flusher(self) -> None:
+        with self.lock:
+            if self.flusher_pid == os.getpid():
+                return
+            self.flusher_pid = os.getpid()
+        threading.Thread(target=self._flush_forever, name="rate-limit-sync", daemon=True).start()
+
+    def _flush_forever(self) -> None:
+        while True:
+            time.sleep(SYNC_INTERVAL_SECONDS)
+            try:
+                self.flush()
+            except Exception:  # never let the thread die; counts stay local meanwhile
+                pass
+
+    def flush(self) -> None:
+        """Send the unsent counts, and learn every process's totals (one pipeline)."""
+        with self.lock:
+            now = time.time()
+            self.local = {key: entry for key, entry in self.local.items() if entry[0] > now}
+            pending = [(key, int(entry[2])) for key, entry in self.local.items() if entry[2]]
+            for key, count in pending:
+                self.local[key][2:4] = [0, count]
+        if not pending or self.client is None:
+            return
+        try:
+            pipeline = self.client.pipeline(transaction=False)
+            for key, count in pending:
+                pipeline.incrby(key, count)
+                pipeline.expire(key, int(self.local[key][0] - now) + 2 if key in self.local else 3700)
+            results = pipeline.execute()
+        except redis.RedisError:
+            with self.lock:  # keep them for the next try
+                for key, count in pending:
+                    if key in self.local:
+                        self.local[key][2:4] = [self.local[key][2] + count, 0]
+            return
+        with self.lock:
+            for (key, _), total in zip(pending, results[::2]):
+                entry = self.local.get(key)
+                if entry is not None:
+                    entry[1], entry[3] = int(total), 0
+
+
 def init_limiter(app: Flask) -> None:
-    """Rate limits shared by every worker and instance (Redis), or per process when REDIS_URL is not set;
-    a Redis outage never fails a request (limits fall back to process memory). The host's own RATELIMIT_* keys
-    (its Flask-Limiter's: default limits, storage...) are hidden while our limiter reads its own, then restored;
-    only RATELIMIT_ENABLED is shared."""
-    config = app.config
-    redis_url = config.get("REDIS_URL") or ""
-    ours: dict[str, Any] = {
-        "RATELIMIT_STORAGE_URI": redis_url or "memory://",
-        "RATELIMIT_STORAGE_OPTIONS": (
-            {"socket_connect_timeout": config["REDIS_TIMEOUT_SECONDS"], "socket_timeout": config["REDIS_TIMEOUT_SECONDS"]}
-            if redis_url
-            else {}
-        ),
-        # no X-RateLimit-* headers: each costs a Redis round trip on every request; 429s carry Retry-After anyway
-        "RATELIMIT_HEADERS_ENABLED": False,
-        "RATELIMIT_SWALLOW_ERRORS": True,
-        "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
-        "RATELIMIT_KEY_PREFIX": "multibackend:ratelimit",
-        "RATELIMIT_STRATEGY": "fixed-window",
-    }
-    hosts = {key: config.pop(key) for key in [key for key in config if key.startswith("RATELIMIT_") and key != "RATELIMIT_ENABLED"]}
-    config.update(ours)
-    try:
-        limiter.init_app(app)
-    finally:
-        for key in ours:
-            config.pop(key, None)
-        config.update(hosts)
+    """The plugin's rate limits (WindowLimits), on the app's Redis (per process without it). They apply to the
+    plugin's routes only, and never read or change the host's own Flask-Limiter settings."""
+    app.extensions[LIMITS_EXTENSION] = WindowLimits(app.extensions.get(REDIS_EXTENSION), app.config["RATELIMIT_ENABLED"])
 
 
-@limiter.request_filter
-def _not_ours() -> bool:
-    """The plugin's limiter looks at the plugin's routes only; the host's routes are its own limiter's business."""
-    return not (request.blueprint or "").startswith(PLUGIN_BLUEPRINT)
+def window_limits() -> WindowLimits:
+    return current_app.extensions[LIMITS_EXTENSION]

@@ -12,21 +12,31 @@ from urllib.parse import unquote_plus
 
 QUERY_PARAMETER_PATTERN = re.compile(r"(^|[?&;])([^=&;\s\"]*)=([^&;\s\"]*)")
 SECRET_PARAMETERS = frozenset({"token", "sig", "secret", "password", "api_access_token"})
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+#: every control (Cc), format (Cf: bidi overrides, zero-width characters) and line/paragraph separator character
+#: (Zl, Zp), Unicode 15; tests/test_hardening.py checks it against the running Python's unicodedata
+UNSAFE_CHARACTERS = re.compile(
+    "[\x00-\x1f\x7f-\x9f\xad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u180e\u200b-\u200f"
+    "\u2028-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb\U000110bd\U000110cd\U00013430-\U0001343f"
+    "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f]"
+)
+#: `token[]=`, `token[0]=`: the same parameter to PHP- and Rails-style parsers
+ARRAY_SUFFIX = re.compile(r"(\[[^\]]*\])+$")
 
 
 def printable(text: Any, limit: int = 200) -> str:
-    """User-supplied text made safe for one log line: control characters escaped, length capped."""
+    """User-supplied text made safe for one log line: control, bidi and other invisible format characters escaped,
+    length capped."""
     value = str(text)[:limit]
-    return CONTROL_CHARACTERS.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), value)
+    return UNSAFE_CHARACTERS.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), value)
 
 
 def mask_secrets(text: str) -> str:
-    """The same URL or query string with the values of token-like parameters (however encoded) replaced by ***."""
+    """The same URL or query string with the values of token-like parameters (however encoded, `token[]=` too)
+    replaced by ***."""
 
     def mask(match: re.Match[str]) -> str:
         separator, name, value = match.groups()
-        secret = unquote_plus(name).strip().lower() in SECRET_PARAMETERS
+        secret = ARRAY_SUFFIX.sub("", unquote_plus(name).strip().lower()) in SECRET_PARAMETERS
         return f"{separator}{name}={'***' if secret else value}"
 
     return QUERY_PARAMETER_PATTERN.sub(mask, text)

@@ -95,5 +95,6 @@ class _StateCollector:
 
 
 def prometheus_response(companies_by_status: dict[str, int]) -> Response:
-    return Response(metrics_text(companies_by_status), mimetype=CONTENT_TYPE_LATEST)
+    """The exposition as Prometheus expects it (content_type, not mimetype: the charset is already in it)."""
+    return Response(metrics_text(companies_by_status), content_type=CONTENT_TYPE_LATEST)
 

@@ -23,9 +23,11 @@ class BaseSchema(Schema):
 
 
 def normalise_company_name(value: str) -> str:
-    """Drop control characters (NUL included), trim whitespace and cut to 255 characters; never refuses a name."""
+    """Drop control characters (NUL included), trim whitespace and cut to 255 characters; a name left with only
+    invisible format characters (zero-width spaces, word joiners, BOMs, bidi marks) is empty."""
     visible = "".join(char for char in value if unicodedata.category(char) != "Cc")
-    return visible.strip()[:COMPANY_NAME_MAX_LENGTH].rstrip()
+    name = visible.strip()[:COMPANY_NAME_MAX_LENGTH].rstrip()
+    return name if any(not char.isspace() and unicodedata.category(char) != "Cf" for char in name) else ""
 
 
 class CompanyName(fields.String):
@@ -64,8 +66,12 @@ class AccountCreatedSchema(BaseSchema):
     id = account_id_field(required=True, metadata={"description": "Chatwoot account id"})
     name = CompanyName(
         required=True,
-        # the rule the API applies: something printable must be left once control characters are removed
-        metadata={"pattern": r"[^\s\x00-\x1f\x7f-\x9f]", "description": "Normalised, never refused for cosmetics"},
+        # the rule the API applies: something visible must be left once control and format characters are removed
+        metadata={
+            "pattern": r"[^\s\x00-\x1f\x7f-\x9f\xad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e"
+            r"\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb]",
+            "description": "Normalised, never refused for cosmetics",
+        },
     )
     event = fields.String(
         load_default=ACCOUNT_CREATED_EVENT,

@@ -121,6 +121,18 @@ def live_server(database_url: str, redis_url: str, tmp_path_factory: pytest.Temp
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def production_server(database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The production command as it ships (default workers, gevent), webhook secret LIVE_SECRET and a 1000-byte
+    body limit; `.database_url` is its database."""
+    env = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "CHATWOOT_WEBHOOK_SECRET": LIVE_SECRET,
+           "CHATWOOT_WEBHOOK_MAX_BODY_BYTES": "1000"}
+    server = LiveServer(env, tmp_path_factory.mktemp("production") / "gunicorn.log")
+    server.database_url = database_url  # type: ignore[attr-defined]
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def chatwoot_db() -> Iterator[ChatwootDatabase]:
     """A Chatwoot-shaped database (accounts, installation_configs) of the test's own."""

@@ -22,6 +22,7 @@ from sqlalchemy.engine import Engine, make_url
 
 from multibackend.models import Company
 from multibackend.services.companies import write_in_progress
+from multibackend.services.sync_metrics import REJECTIONS_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "chatwoot"
@@ -85,8 +86,8 @@ def namespaces_state(client: redis.Redis) -> dict[str, dict[str, str]]:
 
 
 def tenant_data_keys(client: redis.Redis) -> list[str]:
-    """Every Redis key except the rate limiter's counters (which count refused requests by design)."""
-    return [key for key in client.scan_iter() if "multibackend:ratelimit" not in key]
+    """Every Redis key except the counters of refused requests (the rate limiter's and the rejections')."""
+    return [key for key in client.scan_iter() if "multibackend:ratelimit" not in key and key != REJECTIONS_KEY]
 
 
 # ---- the services the commands run, and the commands themselves ---------------------------------------------

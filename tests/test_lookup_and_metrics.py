@@ -7,8 +7,18 @@ from datetime import datetime, timedelta, timezone
 import psycopg
 import pytest
 
-from multibackend.services import sync_metrics
+import time
+
+from multibackend.services import lookup_cache, sync_metrics
 from tests.helpers import WEBHOOK, free_port, reconcile
+
+
+def wait_for(condition, seconds=2.0):
+    """Until condition() holds (an invalidation travels through Redis pub/sub), or fail after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "not within the bound"
+        time.sleep(0.005)
 
 LOOKUP = "/api/chatwoot/webhooks/company/"
 METRICS = "/api/chatwoot/webhooks/metrics"
@@ -129,20 +139,21 @@ def test_metrics_are_shared_between_app_instances(make_app, clean_database):
 def test_lookup_cache_keeps_read_your_writes_across_workers(make_app, clean_database, redis_client):
     poller, webhook_worker = make_app().test_client(), make_app().test_client()
     for _ in range(3):
-        assert poller.get(LOOKUP + "42").json["data"] == {"exists": False}  # the miss is now cached
-    assert redis_client.exists("multibackend:lookup:absent:42")
+        assert poller.get(LOOKUP + "42").json["data"] == {"exists": False}  # a miss is never held
     webhook_worker.post(WEBHOOK, json={"id": 42, "name": "Acme Corp"})
     assert poller.get(LOOKUP + "42").json["data"]["exists"] is True  # at once, on another app instance
 
 
 def test_lookup_answers_come_from_the_cache(make_app, clean_database, redis_client):
-    client = make_app().test_client()
+    app = make_app()
+    client = app.test_client()
     client.post(WEBHOOK, json={"id": 42, "name": "Acme Corp"})
-    with psycopg.connect(clean_database) as connection:  # behind the service's back: the cache still answers
+    assert client.get(LOOKUP + "42").json["data"]["company_name"] == "Acme Corp"  # now held by the worker
+    with psycopg.connect(clean_database) as connection:  # behind the service's back: the held answer still answers
         connection.execute("UPDATE companies SET company_name = 'Changed Directly'")
     assert client.get(LOOKUP + "42").json["data"]["company_name"] == "Acme Corp"
-    redis_client.delete("multibackend:lookup:42")
-    assert client.get(LOOKUP + "42").json["data"]["company_name"] == "Changed Directly"
+    redis_client.publish(lookup_cache.INVALIDATION_CHANNEL, "42")  # what any instance's write sends
+    wait_for(lambda: client.get(LOOKUP + "42").json["data"]["company_name"] == "Changed Directly")
 
 
 def test_status_changes_and_renames_show_at_once(make_app, clean_database, redis_client, chatwoot_db):

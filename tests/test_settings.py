@@ -44,8 +44,12 @@ BAD_VALUES = {
     "LOG_FORMAT": "xml",
     "PORT": "http",
     "WEB_CONCURRENCY": "-2",
-    "GUNICORN_THREADS": "0",
+    "GUNICORN_WORKER_CONNECTIONS": "0",
     "CHATWOOT_DASHBOARD_APP_TITLE": "   ",
+    "DATABASE_URL": "mysql",
+    "CHATWOOT_WEBHOOK_SECRET": " , ",
+    "CHATWOOT_ADMIN_TOKEN": " ",
+    "CHATWOOT_EMBED_SECRET": "\t",
 }
 
 
@@ -145,8 +149,8 @@ def test_defaults_are_typed():
 
 
 def test_gunicorn_settings_stay_out_of_app_config():
-    settings = read_settings({"PORT": "9000", "WEB_CONCURRENCY": "3", "GUNICORN_THREADS": "2"})
-    assert {"PORT", "WEB_CONCURRENCY", "GUNICORN_THREADS"}.isdisjoint(settings)
+    settings = read_settings({"PORT": "9000", "WEB_CONCURRENCY": "3", "GUNICORN_WORKER_CONNECTIONS": "2"})
+    assert {"PORT", "WEB_CONCURRENCY", "GUNICORN_WORKER_CONNECTIONS"}.isdisjoint(settings)
 
 
 def test_overrides_that_are_not_settings_pass_through():
@@ -205,17 +209,20 @@ def test_gunicorn_conf_reads_the_declared_settings(monkeypatch, tmp_path):
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     monkeypatch.setenv("PORT", "9001")
     monkeypatch.setenv("WEB_CONCURRENCY", "")
-    monkeypatch.setenv("GUNICORN_THREADS", "2")
+    monkeypatch.setenv("GUNICORN_WORKER_CONNECTIONS", "200")
     monkeypatch.setenv("LOG_LEVEL", "warning")
     monkeypatch.setenv("LOG_FORMAT", "JSON")
     conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
-    assert (conf["bind"], conf["threads"], conf["loglevel"]) == ("0.0.0.0:9001", 2, "warning")
+    assert (conf["bind"], conf["worker_connections"], conf["loglevel"]) == ("0.0.0.0:9001", 200, "warning")
+    assert conf["worker_class"] == "gevent"
     assert conf["workers"] == min(2 * (os.cpu_count() or 1) + 1, 9)
     assert "logconfig_dict" in conf
 
 
-def test_gunicorn_conf_refuses_a_bad_value(monkeypatch, tmp_path):
+def test_gunicorn_conf_refuses_a_bad_value(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     monkeypatch.setenv("WEB_CONCURRENCY", "many")
-    with pytest.raises(ConfigError, match="^WEB_CONCURRENCY "):
+    with pytest.raises(SystemExit) as stopped:
         runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    assert stopped.value.code == 1
+    assert capsys.readouterr().err == "Error: WEB_CONCURRENCY must be a whole number, got 'many'\n"

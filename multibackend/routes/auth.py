@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from functools import wraps
-from typing import Any, Callable
+from functools import lru_cache, wraps
+from typing import Any, Callable, NoReturn
 
 from flask import current_app, request
+from limits import parse_many
 
 from multibackend.errors import ApiError
+from multibackend.extensions import window_limits
 from multibackend.schemas import BIGINT_MAX
 from multibackend.services import webhook_auth
 
@@ -25,7 +27,7 @@ def require_chatwoot_auth(view: Callable[..., Any]) -> Callable[..., Any]:
         if secrets and not webhook_auth.is_authentic(
             credentials_of_request(body), secrets, time.time(), current_app.config["CHATWOOT_SIGNATURE_TOLERANCE_SECONDS"]
         ):
-            raise ApiError(403, "invalid_signature", "Invalid webhook signature")
+            refuse_failed_authentication(403, "invalid_signature", "Invalid webhook signature")
         return view(*args, **kwargs)
 
     return authenticated_view
@@ -51,7 +53,7 @@ def require_operator(view: Callable[..., Any]) -> Callable[..., Any]:
     def operator_view(*args: Any, **kwargs: Any) -> Any:
         accepted = operator_secrets()
         if accepted and not carries_secret(accepted):
-            raise ApiError(
+            refuse_failed_authentication(
                 401, "unauthorized", "Authentication required",
                 headers={"WWW-Authenticate": 'Basic realm="multibackend operators", charset="UTF-8"'},
             )
@@ -73,28 +75,51 @@ def carries_secret(secrets: tuple[str, ...]) -> bool:
     return webhook_auth.is_authentic(unsigned, secrets, time.time(), 0)
 
 
-def presents_a_secret() -> bool:
-    """A valid webhook ?token= or Basic password: no rate limit applies (Chatwoot itself is never blocked)."""
-    secrets = current_app.config["CHATWOOT_WEBHOOK_SECRETS"]
-    return bool(secrets) and carries_secret(secrets)
+def refuse_failed_authentication(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> NoReturn:
+    """Count a failed authentication against the client address's RATELIMIT_AUTH_FAILURES (shared by every door a
+    secret opens: webhook, metrics, dashboard, Prometheus, signed lookups); refuse with 429 once over it, else
+    with the given answer. Requests with valid credentials are never counted, so they are never blocked."""
+    limit = parse_limit(current_app.config["RATELIMIT_AUTH_FAILURES"])
+    retry_after = window_limits().count_now("auth", client_address(), limit)
+    if retry_after is not None:
+        raise too_many_requests(retry_after)
+    raise ApiError(status, code, message, headers=headers)
 
 
-def auth_failure_limit() -> str:
-    return current_app.config["RATELIMIT_AUTH_FAILURES"]
+def admit_lookup() -> None:
+    """RATELIMIT_LOOKUP per client address for unsigned lookups, counted without a round trip (see WindowLimits)."""
+    limit = parse_limit(current_app.config["RATELIMIT_LOOKUP"])
+    retry_after = window_limits().count_later("lookup", client_address(), limit)
+    if retry_after is not None:
+        raise too_many_requests(retry_after)
 
 
-def lookup_limit() -> str:
-    return current_app.config["RATELIMIT_LOOKUP"]
+def too_many_requests(retry_after: int) -> ApiError:
+    return ApiError(429, "rate_limited", "Too many requests", headers={"Retry-After": str(retry_after)})
+
+
+def client_address() -> str:
+    return request.remote_addr or "unknown"
+
+
+@lru_cache(maxsize=32)
+def parse_limit(text: str) -> Any:
+    """The strictest window of a limit such as "20 per minute" (the setting was checked at start-up)."""
+    return min(parse_many(text), key=lambda item: item.amount / item.get_expiry())
 
 
 def require_lookup_signature(view: Callable[..., Any]) -> Callable[..., Any]:
-    """With CHATWOOT_EMBED_SECRET set, a lookup needs ?sig=<hex HMAC of the account id> (403 otherwise)."""
+    """With CHATWOOT_EMBED_SECRET set, a lookup needs ?sig=<hex HMAC of the account id> (403 otherwise, counted as
+    a failed authentication); a valid signature is never rate limited (enumeration is impossible). Unsigned
+    lookups count against RATELIMIT_LOOKUP."""
 
     @wraps(view)
     def signed_view(account_id: str, *args: Any, **kwargs: Any) -> Any:
         secret = current_app.config["CHATWOOT_EMBED_SECRET"]
-        if secret and not webhook_auth.lookup_signature_valid(secret, account_id_of(account_id), request.args.get("sig")):
-            raise ApiError(403, "invalid_signature", "Invalid lookup signature")
+        if not secret:
+            admit_lookup()
+        elif not webhook_auth.lookup_signature_valid(secret, account_id_of(account_id), request.args.get("sig")):
+            refuse_failed_authentication(403, "invalid_signature", "Invalid lookup signature")
         return view(account_id, *args, **kwargs)
 
     return signed_view

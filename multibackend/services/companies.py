@@ -74,7 +74,11 @@ class CompanyWrite:
         that already have one), whatever runs concurrently. Columns of a host's own leave to their defaults."""
         if not rows:
             return []
-        inserted = list(db.session.scalars(_insert_statement(len(rows)), _flatten(rows), execution_options={WRITE_PATH_OPTION: True}))
+        if len(rows) > SET_BASED_FROM and db.session.get_bind().dialect.name == "postgresql":
+            statement, parameters = SET_INSERT, {column: [row[column] for row in rows] for column in ROW_COLUMNS}
+        else:
+            statement, parameters = _insert_statement(len(rows)), _flatten(rows)
+        inserted = list(db.session.scalars(statement, parameters, execution_options={WRITE_PATH_OPTION: True}))
         for company in inserted:
             self._track(company, was_ready=False)
         return inserted
@@ -283,6 +287,18 @@ def _insert_statement(count: int) -> Any:
         if count <= 8 or count % 100 == 0:
             _insert_statements[count] = statement
     return statement
+
+
+SET_BASED_FROM = 8  # more rows than this: one set-based statement of constant text (arrays, unnest)
+SET_INSERT = select(Company).from_statement(
+    text(
+        f"INSERT INTO companies ({', '.join(ROW_COLUMNS[:6])}, provisioning_attempts, chatwoot_status, created_at, updated_at)"
+        " SELECT c1, c2, c3, c4, c5, c6, 0, c7, c8, c9 FROM unnest("
+        + ", ".join(f"CAST(:{column} AS {'timestamptz' if column.endswith('_at') else 'text'}[])" for column in ROW_COLUMNS)
+        + ") AS r(c1, c2, c3, c4, c5, c6, c7, c8, c9)"
+        f" ON CONFLICT DO NOTHING RETURNING {', '.join(Company.__table__.columns.keys())}"
+    )
+)
 
 
 def _flatten(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:

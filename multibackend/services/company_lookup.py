@@ -1,4 +1,5 @@
-"""The company lookup the iframe polls: Redis cache first, then PostgreSQL (and Chatwoot, when self-healing)."""
+"""The company lookup the iframe polls: the worker's held answers first (no round trip), then PostgreSQL (one round
+trip; and Chatwoot, when self-healing)."""
 
 from __future__ import annotations
 
@@ -25,8 +26,10 @@ def lookup_answer(account_id: int) -> LookupAnswer:
     cached = lookup_cache.cached_answer(account_id)
     if cached is not None:
         return LookupAnswer(found=cached != lookup_cache.ABSENT_ANSWER, data=cached)
+    generation = lookup_cache.generation()
     found = once_more_if_disconnected(lambda: find_or_finish(account_id))
-    return LookupAnswer(found is not None, lookup_cache.remember_lookup(account_id, lookup_data(found) if found else None))
+    data = lookup_data(found) if found else None
+    return LookupAnswer(found is not None, lookup_cache.remember_lookup(account_id, data, generation))
 
 
 def find_or_finish(account_id: int) -> CompanySnapshot | None:

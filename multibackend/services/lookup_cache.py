@@ -1,99 +1,199 @@
-"""The company lookup's cache in Redis, shared by every worker and instance, with read-your-writes:
+"""The company lookup's cache: answers held in each worker's memory, invalidated through Redis, with read-your-writes.
 
-- every commit that changes a company publishes its answer (SET) before the request that made it answers
-  (services.companies.company_write does it, for every write);
-- a lookup that reads PostgreSQL stores a hit only if nothing newer is there (SET NX), and a miss for 2 s;
-- a stored answer wins over a stored miss, so a miss cached just before a commit is never served after it."""
+- A repeated lookup is answered from the worker's memory: no network round trip.
+- Only companies that exist are held (never "exists: false"), so a company created anywhere is found by the very
+  next lookup on any worker or instance: a lookup that is not held reads PostgreSQL (one round trip).
+- Every commit that changes a company (services.companies.company_write) drops the held answers of those accounts
+  in its own process at once, and PUBLISHes their ids on INVALIDATION_CHANNEL (one round trip); every worker
+  subscribes and drops them when the message arrives (normally well under 1 ms after the commit).
+- An answer is held only while this process's subscription is up (dropped on a disconnect, everything forgotten
+  on reconnect), at most HELD_SECONDS in any case (the bound if a writer could not reach Redis), and not at all
+  without Redis. A reading that raced an invalidation is not stored (generation check)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
 import redis
+from flask import current_app
 
 from multibackend.extensions import get_redis
 from multibackend.models import CompanySnapshot
-from multibackend.schemas import lookup_data
 
 logger = logging.getLogger(__name__)
 
-ANSWER_KEY = "multibackend:lookup:{}"
-ABSENT_KEY = "multibackend:lookup:absent:{}"
-ANSWER_TTL_SECONDS = 3600
-ABSENT_TTL_SECONDS = 2
 ABSENT_ANSWER = b'{"exists":false}'
+INVALIDATION_CHANNEL = "multibackend:lookup:changed"
+EVERY_ANSWER = "*"
+HELD_SECONDS = 30.0
+HELD_MAX = 200_000
 
 
-def cached_answer(account_id: int) -> bytes | None:
-    """The cached `data` JSON of this lookup, or None (not cached, or Redis unavailable)."""
+class HeldAnswers:
+    """One process's answers for one Redis (every app instance on that Redis shares them), kept valid by a
+    subscriber thread."""
+
+    def __init__(self, client: redis.Redis):
+        self.answers: dict[int, tuple[float, bytes]] = {}
+        self.generation = 0
+        self.live = False
+        self.lock = threading.Lock()
+        self._client = client
+        self._thread: threading.Thread | None = None
+
+    def get(self, account_id: int) -> bytes | None:
+        held = self.answers.get(account_id) if self.live else None
+        if held is None or held[0] < time.monotonic():
+            return None
+        return held[1]
+
+    def put(self, account_id: int, answer: bytes, generation: int) -> None:
+        with self.lock:
+            if not self.live or generation != self.generation:
+                return  # an invalidation came in while PostgreSQL was being read: that reading may be stale
+            if len(self.answers) >= HELD_MAX:
+                self.answers.clear()
+            self.answers[account_id] = (time.monotonic() + HELD_SECONDS, answer)
+
+    def drop(self, account_ids: Iterable[int] | None) -> None:
+        """Forget these accounts' answers (None: all of them)."""
+        with self.lock:
+            self.generation += 1
+            if account_ids is None:
+                self.answers.clear()
+            else:
+                for account_id in account_ids:
+                    self.answers.pop(account_id, None)
+
+    def start(self) -> None:
+        """Subscribe (synchronously, so the first lookup can already be held), then listen on a daemon thread."""
+        try:
+            pubsub = self._subscribe()
+        except redis.RedisError:
+            pubsub = None
+        self._thread = threading.Thread(target=self._listen, args=(pubsub,), name="lookup-invalidations", daemon=True)
+        self._thread.start()
+
+    def _subscribe(self) -> Any:
+        pubsub = self._client.pubsub(ignore_subscribe_messages=False)
+        pubsub.subscribe(INVALIDATION_CHANNEL)
+        confirmation = pubsub.get_message(timeout=1.0)
+        if not confirmation or confirmation.get("type") != "subscribe":
+            pubsub.close()
+            raise redis.ConnectionError("no subscription")
+        self.drop(None)  # messages may have been missed before this subscription
+        self.live = True
+        return pubsub
+
+    def _listen(self, pubsub: Any) -> None:
+        while True:
+            try:
+                if pubsub is None:
+                    pubsub = self._subscribe()
+                message = pubsub.get_message(timeout=5.0)
+                if message and message.get("type") == "message":
+                    self._apply(message["data"])
+            except (redis.RedisError, OSError, ValueError):
+                self.live = False
+                self.drop(None)
+                if pubsub is not None:
+                    try:
+                        pubsub.close()
+                    except Exception:
+                        pass
+                pubsub = None
+                time.sleep(1.0)
+
+    def _apply(self, data: Any) -> None:
+        text = data.decode() if isinstance(data, bytes) else str(data)
+        self.drop(None if text == EVERY_ANSWER else [int(part) for part in text.split(",") if part])
+
+
+HELD_EXTENSION = "multibackend.held_answers"
+
+
+def held_answers() -> HeldAnswers | None:
+    """This app's held answers in this process (started on first use, and again after a fork); None without
+    Redis."""
+    extensions = current_app.extensions
+    entry = extensions.get(HELD_EXTENSION)
+    if entry is not None and entry[0] == os.getpid():
+        return entry[1]
     client = get_redis()
     if client is None:
         return None
-    try:
-        answer, absent = client.mget(ANSWER_KEY.format(account_id), ABSENT_KEY.format(account_id))
-    except redis.RedisError:
-        return None
-    found = answer or absent
-    return found.encode() if isinstance(found, str) else found
+    with _held_lock:
+        entry = extensions.get(HELD_EXTENSION)
+        if entry is None or entry[0] != os.getpid():
+            held = HeldAnswers(client)
+            held.start()
+            entry = extensions[HELD_EXTENSION] = (os.getpid(), held)
+    return entry[1]
 
 
-def remember_lookup(account_id: int, data: dict[str, Any] | None) -> bytes:
-    """Store what PostgreSQL said (a hit only if no newer answer is there); returns the `data` JSON to send."""
-    encoded = encode(data) if data is not None else ABSENT_ANSWER
-    client = get_redis()
-    if client is not None:
-        try:
-            if data is None:
-                client.set(ABSENT_KEY.format(account_id), encoded, ex=ABSENT_TTL_SECONDS)
-            else:
-                client.set(ANSWER_KEY.format(account_id), encoded, ex=ANSWER_TTL_SECONDS, nx=True)
-        except redis.RedisError:
-            pass
+_held_lock = threading.Lock()
+
+
+def cached_answer(account_id: int) -> bytes | None:
+    """The held `data` JSON of this (existing) company, or None: no network round trip either way."""
+    held = held_answers()
+    return held.get(account_id) if held is not None else None
+
+
+def generation() -> int:
+    """Taken before reading PostgreSQL and handed to remember_lookup (a reading that raced a change is not held)."""
+    held = held_answers()
+    return held.generation if held is not None else 0
+
+
+def remember_lookup(account_id: int, data: dict[str, Any] | None, generation: int) -> bytes:
+    """Hold what PostgreSQL said about an existing company; returns the `data` JSON to send."""
+    if data is None:
+        return ABSENT_ANSWER
+    encoded = encode(data)
+    held = held_answers()
+    if held is not None:
+        held.put(account_id, encoded, generation)
     return encoded
 
 
 def publish(answers: Iterable[tuple[str, CompanySnapshot]]) -> None:
-    """Overwrite the cached answers of companies whose change was just committed (best effort)."""
-    client = get_redis()
-    answers = list(answers)
-    if client is None or not answers:
-        return
-    try:
-        pipeline = client.pipeline(transaction=False)
-        for account_id, company in answers:
-            pipeline.set(ANSWER_KEY.format(account_id), encode(lookup_data(company)), ex=ANSWER_TTL_SECONDS)
-            pipeline.delete(ABSENT_KEY.format(account_id))
-        pipeline.execute()
-    except redis.RedisError as exc:
-        logger.warning("[Chatwoot Sync] Lookup cache not updated (%s); answers may lag up to %s s", type(exc).__name__, ANSWER_TTL_SECONDS)
+    """After the commit of these companies' change: drop their held answers in this process at once and tell every
+    other worker and instance to drop theirs (one PUBLISH); the next lookup reads the committed row. Best effort:
+    if Redis cannot be reached, other workers' held answers expire within HELD_SECONDS."""
+    _announce_change([str(account_id) for account_id, _ in answers])
 
 
 def forget(account_ids: Iterable[str]) -> None:
-    """Drop the cached answers of these accounts (their rows were removed); the next lookup reads PostgreSQL."""
-    client = get_redis()
-    keys = [ANSWER_KEY.format(account_id) for account_id in account_ids]
-    if client is None or not keys:
-        return
-    try:
-        client.delete(*keys)
-    except redis.RedisError as exc:
-        logger.warning("[Chatwoot Sync] Lookup cache not updated (%s); answers may lag up to %s s", type(exc).__name__, ANSWER_TTL_SECONDS)
+    """Drop the answers of these accounts (their rows were removed), here and in every worker."""
+    _announce_change([str(account_id) for account_id in account_ids])
 
 
 def forget_all() -> None:
-    """Drop every cached answer (after a change to many rows, such as a schema upgrade); best effort."""
+    """Drop every answer (after a change to many rows, such as a schema upgrade), here and in every worker."""
+    _announce_change(None)
+
+
+def _announce_change(account_ids: list[str] | None) -> None:
+    if account_ids is not None and not account_ids:
+        return
+    entry = current_app.extensions.get(HELD_EXTENSION)  # never started just for this (a CLI run holds nothing)
+    held = entry[1] if entry is not None and entry[0] == os.getpid() else None
+    if held is not None:
+        held.drop(None if account_ids is None else [int(account_id) for account_id in account_ids if account_id.isdigit()])
     client = get_redis()
     if client is None:
         return
     try:
-        keys = list(client.scan_iter(ANSWER_KEY.format("*"), count=1000))
-        for start in range(0, len(keys), 1000):
-            client.delete(*keys[start : start + 1000])
+        client.publish(INVALIDATION_CHANNEL, EVERY_ANSWER if account_ids is None else ",".join(account_ids))
     except redis.RedisError as exc:
-        logger.warning("[Chatwoot Sync] Lookup cache not cleared (%s); answers may lag up to %s s", type(exc).__name__, ANSWER_TTL_SECONDS)
+        logger.warning("[Chatwoot Sync] Lookup answers not invalidated (%s); other workers may lag up to %s s", type(exc).__name__, HELD_SECONDS)
 
 
 def encode(data: dict[str, Any]) -> bytes:

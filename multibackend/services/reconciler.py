@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 RECONCILE_LOCK_KEY = 4242002
 MAX_DELETION_CHECKS_PER_RUN = 200
+LOGGED_IDS = 20  # company ids named in a backfill's log line
 
 Advance = Callable[[int], None]
 Progress = Callable[[str, "int | None"], ContextManager[Advance]]
@@ -180,14 +181,20 @@ def _apply_accounts(batch: list[ChatwootAccount], summary: ReconcileSummary, dry
             return
         created = write.insert_if_absent(missing)
         tenant_provisioning.provision_services(created)
-    for company in created:
-        logger.info("[Chatwoot Sync] Backfilled %s: its webhook never arrived", write.snapshot(company).company_id)
+    if created:  # one line per batch: a backfill of thousands must not spend its time logging
+        ids = [write.snapshot(company).company_id for company in created]
+        shown = ", ".join(ids[:LOGGED_IDS]) + (f" and {len(ids) - LOGGED_IDS} more" if len(ids) > LOGGED_IDS else "")
+        logger.info("[Chatwoot Sync] Backfilled %d companies whose webhook never arrived: %s", len(ids), shown)
     summary.created += len(created)
     _let_go(write.changed.values())
 
 
 def _let_go(companies: Iterable[Company]) -> None:
     """Keep the session small on long runs by dropping our own objects (never the host's) from it."""
+    companies = list(companies)
+    if len(db.session.identity_map) <= len(companies) and not db.session.new and not db.session.dirty:
+        db.session.expunge_all()  # the session holds nothing but these: one call instead of one per object
+        return
     for company in companies:
         if company in db.session:
             db.session.expunge(company)

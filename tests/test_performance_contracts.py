@@ -1,0 +1,144 @@
+"""What the fast paths promise: failed authentication is limited on every door a secret opens (and never blocks
+valid credentials), the limit cannot be overshot by a concurrent burst, unsigned lookups are counted without a
+round trip yet shared between workers, held lookup answers follow writes made anywhere, set-based backfill."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from multibackend.services import lookup_cache
+from multibackend.services.webhook_auth import lookup_signature, sign
+from tests.helpers import WEBHOOK, count_rows
+
+SECRET = "s3cret"
+LOOKUP = "/api/chatwoot/webhooks/company/"
+OPERATOR_DOORS = ["/api/chatwoot/webhooks/metrics", "/metrics", "/api/chatwoot/webhooks/dashboard", "/api/chatwoot/webhooks/dashboard/data"]
+
+
+def basic(password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"operator:{password}".encode()).decode()}
+
+
+def guarded_app(make_app, limit: str = "3 per minute", **settings):
+    return make_app(CHATWOOT_WEBHOOK_SECRET=SECRET, RATELIMIT_AUTH_FAILURES=limit, **settings)
+
+
+@pytest.mark.parametrize("door", OPERATOR_DOORS)
+def test_every_operator_door_limits_failed_secrets(make_app, clean_database, door):
+    client = guarded_app(make_app).test_client()
+    statuses = [client.get(f"{door}?token=guess{i}").status_code for i in range(5)]
+    assert statuses == [401, 401, 401, 429, 429]
+    limited = client.get(door, headers=basic("guess"))
+    assert (limited.status_code, limited.json["code"]) == (429, "rate_limited")
+    assert int(limited.headers["Retry-After"]) > 0
+
+
+def test_all_doors_share_one_failed_authentication_limit(make_app, clean_database):
+    client = guarded_app(make_app).test_client()
+    assert client.post(f"{WEBHOOK}?token=guess", json={"id": 1, "name": "One"}).status_code == 403
+    assert client.get("/api/chatwoot/webhooks/metrics?token=guess").status_code == 401
+    assert client.get("/api/chatwoot/webhooks/dashboard", headers=basic("guess")).status_code == 401
+    assert client.get("/metrics?token=guess").status_code == 429
+    assert client.post(f"{WEBHOOK}?token=guess", json={"id": 1, "name": "One"}).status_code == 429
+
+
+def test_valid_credentials_pass_an_address_over_the_limit(make_app, clean_database):
+    client = guarded_app(make_app).test_client()
+    for i in range(5):
+        client.get(f"/metrics?token=guess{i}")
+    body = json.dumps({"id": 7, "name": "Seven", "event": "account_created"}).encode()
+    now = int(time.time())
+    signed = client.post(
+        WEBHOOK, data=body, content_type="application/json",
+        headers={"X-Chatwoot-Signature": sign(SECRET, now, body), "X-Chatwoot-Timestamp": str(now)},
+    )
+    assert signed.status_code == 200  # a valid signature is never blocked by others' failures
+    assert client.get(f"/api/chatwoot/webhooks/metrics?token={SECRET}").status_code == 200
+    assert client.get("/api/chatwoot/webhooks/dashboard/data", headers=basic(SECRET)).status_code == 200
+    assert client.post(f"{WEBHOOK}?token={SECRET}", json={"id": 8, "name": "Eight"}).status_code == 200
+    assert count_rows(clean_database, "companies") == 2
+
+
+def test_a_concurrent_burst_never_passes_more_failures_than_the_limit(make_app, clean_database):
+    apps = [guarded_app(make_app, "20 per minute") for _ in range(2)]  # two workers
+
+    def guess(i: int) -> int:
+        return apps[i % 2].test_client().post(f"{WEBHOOK}?token=guess{i}", json={"id": 1, "name": "x"}).status_code
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        statuses = list(pool.map(guess, range(150)))
+    assert statuses.count(403) == 20 and statuses.count(429) == 130
+
+
+def test_signed_lookups_count_only_bad_signatures(make_app, clean_database):
+    client = guarded_app(make_app, CHATWOOT_EMBED_SECRET="embed", RATELIMIT_LOOKUP="2 per minute").test_client()
+    for _ in range(10):  # a valid sig is never counted (enumeration is impossible)
+        assert client.get(f"{LOOKUP}5?sig={lookup_signature('embed', 5)}").status_code == 200
+    statuses = [client.get(f"{LOOKUP}5?sig=bad{i}").status_code for i in range(5)]
+    assert statuses == [403, 403, 403, 429, 429]
+    assert client.get(f"{LOOKUP}5?sig={lookup_signature('embed', 5)}").status_code == 200
+
+
+def test_unsigned_lookup_counts_reach_every_worker(make_app, clean_database, redis_client):
+    first, second = make_app(RATELIMIT_LOOKUP="10 per minute"), make_app(RATELIMIT_LOOKUP="10 per minute")
+    assert {first.test_client().get(LOOKUP + "1").status_code for _ in range(6)} == {200}
+    with first.app_context():
+        from multibackend.extensions import window_limits
+
+        window_limits().flush()  # what each worker's background thread does every second
+    second_client = second.test_client()
+    assert {second_client.get(LOOKUP + "1").status_code for _ in range(4)} == {200}
+    with second.app_context():
+        window_limits().flush()
+    assert second_client.get(LOOKUP + "1").status_code == 429  # 10 counted across both workers
+
+
+def test_a_rename_reaches_a_worker_holding_the_old_answer(make_app, clean_database, redis_client):
+    from multibackend.services.companies import company_write, companies_in
+
+    holder, writer = make_app(), make_app()
+    writer.test_client().post(WEBHOOK, json={"id": 42, "name": "Acme Corp"})
+    holder_client = holder.test_client()
+    assert holder_client.get(LOOKUP + "42").json["data"]["company_name"] == "Acme Corp"  # now held
+    with holder.app_context():
+        assert lookup_cache.cached_answer(42) is not None
+    with writer.app_context(), company_write():
+        companies_in(["42"])["42"].rename("Acme Renamed")
+    deadline = time.monotonic() + lookup_cache.HELD_SECONDS
+    while holder_client.get(LOOKUP + "42").json["data"]["company_name"] != "Acme Renamed":
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    assert time.monotonic() < deadline - lookup_cache.HELD_SECONDS + 1.0  # in practice: pub/sub, milliseconds
+
+
+def test_a_lookup_is_never_held_for_an_unknown_account(make_app, clean_database, redis_client):
+    poller, writer = make_app().test_client(), make_app().test_client()
+    assert poller.get(LOOKUP + "9").json["data"] == {"exists": False}
+    writer.post(WEBHOOK, json={"id": 9, "name": "Nine"})
+    assert poller.get(LOOKUP + "9").json["data"]["exists"] is True  # the very next lookup, on another worker
+
+
+def test_a_large_batch_is_one_set_based_insert(app, clean_database, redis_client):
+    from multibackend.services.companies import SET_INSERT, company_row, company_write
+
+    statements = []
+    from sqlalchemy import event
+
+    with app.app_context():
+        from multibackend.extensions import db
+
+        listener = lambda conn, cursor, statement, *args: statements.append(statement)  # noqa: E731
+        event.listen(db.engine, "before_cursor_execute", listener)
+        try:
+            with company_write() as write:
+                created = write.insert_if_absent([company_row(i, f"Company {i}") for i in range(1, 2001)])
+        finally:
+            event.remove(db.engine, "before_cursor_execute", listener)
+    assert len(created) == 2000 and count_rows(clean_database, "companies") == 2000
+    assert sum("unnest" in statement for statement in statements) == 1
+    assert SET_INSERT is not None
