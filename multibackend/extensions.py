@@ -157,9 +157,7 @@ class WindowLimits:
         """Count one request now; the seconds to wait (Retry-After) if it is over the limit, else None."""
         if not self.enabled:
             return None
-        period = limit.get_expiry()
-        window = int(time.time() // period)
-        key = LIMIT_KEY.format(name, window, address)
+        key, window, period = self._window(name, address, limit)
         count = None
         if self.client is not None:
             try:
@@ -180,9 +178,7 @@ class WindowLimits:
         """Count one request in memory (sent to Redis in the background); Retry-After seconds if over the limit."""
         if not self.enabled:
             return None
-        period = limit.get_expiry()
-        window = int(time.time() // period)
-        key = LIMIT_KEY.format(name, window, address)
+        key, window, period = self._window(name, address, limit)
         with self.lock:
             entry = self._entry(key, window, period)
             if entry[1] + entry[2] + entry[3] >= limit.amount:
@@ -191,6 +187,13 @@ class WindowLimits:
         if self.client is not None and self.flusher_pid != os.getpid():
             self._start_flusher()
         return None
+
+    @staticmethod
+    def _window(name: str, address: str, limit: Any) -> tuple[str, int, int]:
+        """(counter key, window number, window length in seconds) of this limit for this client, now."""
+        period = limit.get_expiry()
+        window = int(time.time() // period)
+        return LIMIT_KEY.format(name, window, address), window, period
 
     def _entry(self, key: str, window: int, period: int) -> list[float]:
         entry = self.local.get(key)

@@ -62,6 +62,7 @@ class Company(Base):
     next_provisioning_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     chatwoot_status: Mapped[str] = mapped_column(String(20), default="active", server_default="active")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, server_default=func.now())
+    # every change through the ORM stamps it (onupdate): the methods below never set it by hand
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow, server_default=func.now()
     )
@@ -122,7 +123,6 @@ class Company(Base):
     def _set_status(self, status: str, error: str | None) -> None:
         self.provisioning_status = status
         self.provisioning_error = error
-        self.updated_at = utcnow()
 
     # --- what Chatwoot says of the account -----------------------------------------------------------------
 
@@ -137,7 +137,6 @@ class Company(Base):
         if self.company_name == name:
             return False
         self.company_name = name
-        self.updated_at = utcnow()
         return True
 
     def mark(self, chatwoot_status: str) -> bool:
@@ -145,7 +144,6 @@ class Company(Base):
         if self.chatwoot_status == chatwoot_status:
             return False
         self.chatwoot_status = chatwoot_status
-        self.updated_at = utcnow()
         return True
 
 

@@ -158,12 +158,8 @@ def _bound_statements() -> None:
 
 
 def _after_commit(write: CompanyWrite) -> None:
-    if write.forget_every_answer:
-        lookup_cache.forget_all()
-    lookup_cache.forget(write.removed_accounts)
-    lookup_cache.publish(
-        (snapshot.chatwoot_account_id, snapshot) for snapshot in write.snapshots.values() if snapshot.chatwoot_account_id
-    )
+    changed = {snapshot.chatwoot_account_id for snapshot in write.snapshots.values() if snapshot.chatwoot_account_id}
+    lookup_cache.publish(None if write.forget_every_answer else changed | write.removed_accounts)
     write.announced, write.unannounced = _announce(write.owed)
 
 

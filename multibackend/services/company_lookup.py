@@ -24,8 +24,8 @@ class LookupAnswer:
 def lookup_answer(account_id: int) -> LookupAnswer:
     """The lookup's answer; never exists: false for a company whose webhook was answered."""
     cached = lookup_cache.cached_answer(account_id)
-    if cached is not None:
-        return LookupAnswer(found=cached != lookup_cache.ABSENT_ANSWER, data=cached)
+    if cached is not None:  # only existing companies are held
+        return LookupAnswer(found=True, data=cached)
     generation = lookup_cache.generation()
     found = once_more_if_disconnected(lambda: find_or_finish(account_id))
     data = lookup_data(found) if found else None

@@ -24,7 +24,6 @@ import redis
 from flask import current_app
 
 from multibackend.extensions import get_redis
-from multibackend.models import CompanySnapshot
 
 logger = logging.getLogger(__name__)
 
@@ -163,35 +162,23 @@ def remember_lookup(account_id: int, data: dict[str, Any] | None, generation: in
     return encoded
 
 
-def publish(answers: Iterable[tuple[str, CompanySnapshot]]) -> None:
-    """After the commit of these companies' change: drop their held answers in this process at once and tell every
-    other worker and instance to drop theirs (one PUBLISH); the next lookup reads the committed row. Best effort:
-    if Redis cannot be reached, other workers' held answers expire within HELD_SECONDS."""
-    _announce_change([str(account_id) for account_id, _ in answers])
-
-
-def forget(account_ids: Iterable[str]) -> None:
-    """Drop the answers of these accounts (their rows were removed), here and in every worker."""
-    _announce_change([str(account_id) for account_id in account_ids])
-
-
-def forget_all() -> None:
-    """Drop every answer (after a change to many rows, such as a schema upgrade), here and in every worker."""
-    _announce_change(None)
-
-
-def _announce_change(account_ids: list[str] | None) -> None:
-    if account_ids is not None and not account_ids:
+def publish(account_ids: Iterable[str] | None) -> None:
+    """After the commit of a change to these accounts' companies (None: to any number of rows, such as a schema
+    upgrade): drop their held answers in this process at once and tell every other worker and instance to drop
+    theirs (one PUBLISH); the next lookup reads the committed row. Best effort: if Redis cannot be reached, other
+    workers' held answers expire within HELD_SECONDS."""
+    changed = None if account_ids is None else [str(account_id) for account_id in account_ids]
+    if changed is not None and not changed:
         return
     entry = current_app.extensions.get(HELD_EXTENSION)  # never started just for this (a CLI run holds nothing)
     held = entry[1] if entry is not None and entry[0] == os.getpid() else None
     if held is not None:
-        held.drop(None if account_ids is None else [int(account_id) for account_id in account_ids if account_id.isdigit()])
+        held.drop(None if changed is None else [int(account_id) for account_id in changed if account_id.isdigit()])
     client = get_redis()
     if client is None:
         return
     try:
-        client.publish(INVALIDATION_CHANNEL, EVERY_ANSWER if account_ids is None else ",".join(account_ids))
+        client.publish(INVALIDATION_CHANNEL, EVERY_ANSWER if changed is None else ",".join(changed))
     except redis.RedisError as exc:
         logger.warning("[Chatwoot Sync] Lookup answers not invalidated (%s); other workers may lag up to %s s", type(exc).__name__, HELD_SECONDS)
 
