@@ -190,7 +190,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DATABASE_STATEMENT_TIMEOUT_MS", 2000, positive_int,
             "PostgreSQL `statement_timeout` for web requests (a hung database cannot hold an answer past "
             "Chatwoot's 5 s)"),
-    Setting("DATABASE_POOL_SIZE", 5, positive_int, "connections per worker"),
+    Setting("DATABASE_POOL_SIZE", 10, positive_int,
+            "connections per worker; a request beyond them waits for one (up to `DATABASE_CONNECT_TIMEOUT_SECONDS`) "
+            "rather than opening a connection that is closed again after it"),
     Setting("REDIS_TIMEOUT_SECONDS", 0.5, positive_float, "connect and read timeout for Redis"),
     Setting("CHATWOOT_DATABASE_URL", "", text,
             "connection to **Chatwoot's** PostgreSQL: reads accounts for backfill, renames, deletion marks, "
@@ -328,6 +330,9 @@ def engine_options(uri: str, settings: Mapping[str, Any]) -> dict[str, Any]:
         # no pool_pre_ping: a round trip per request; a connection broken by a server restart is retried once
         # (extensions.once_more_if_disconnected) and SQLAlchemy then replaces the whole pool
         "pool_size": settings["DATABASE_POOL_SIZE"],
+        # no overflow: a connection opened past the pool is closed on return, so a steady load just above the
+        # pool size would pay a new PostgreSQL backend per request (measured: 2.3x fewer lookups per second)
+        "max_overflow": 0,
         "pool_timeout": settings["DATABASE_CONNECT_TIMEOUT_SECONDS"],
         "connect_args": {
             "connect_timeout": settings["DATABASE_CONNECT_TIMEOUT_SECONDS"],

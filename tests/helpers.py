@@ -193,3 +193,13 @@ def _written_by_a_host_model(context: Any) -> bool:
     """A host backend's own model of `companies` (another Table object than ours) may write its rows."""
     table = getattr(getattr(getattr(context, "compiled", None), "statement", None), "table", None)
     return table is not None and table is not Company.__table__
+
+
+def dead_redis_url() -> str:
+    """A Redis address where nothing listens."""
+    return f"redis://127.0.0.1:{free_port()}/0"
+
+
+def dead_database_url() -> str:
+    """A PostgreSQL address where nothing listens."""
+    return f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"

@@ -133,8 +133,15 @@ def test_pooled_connections_survive_a_postgres_restart(faulty_app, postgres, own
     client = faulty_app.test_client()
     for body in DELIVERIES[:3]:
         client.post(WEBHOOK, json=body)
+    with faulty_app.app_context():  # several connections in the pool, all broken by the restart
+        from multibackend.extensions import db
+
+        held = [db.engine.connect() for _ in range(3)]
+        for connection in held:
+            connection.close()
     postgres.stop()
     postgres.start()
+    assert client.get(f"/api/chatwoot/webhooks/company/{DELIVERIES[0]['id']}").json["data"]["exists"] is True
     for body in DELIVERIES[3:]:
         assert client.post(WEBHOOK, json=body).status_code == 200
     assert (companies_state(postgres.url), namespaces_state(own_redis.client())) == expected_state

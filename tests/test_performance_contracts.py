@@ -13,7 +13,7 @@ import pytest
 
 from multibackend.services import lookup_cache
 from multibackend.services.webhook_auth import lookup_signature, sign
-from tests.helpers import WEBHOOK, count_rows
+from tests.helpers import WEBHOOK, count_rows, dead_database_url
 
 SECRET = "s3cret"
 LOOKUP = "/api/chatwoot/webhooks/company/"
@@ -121,6 +121,25 @@ def test_a_lookup_is_never_held_for_an_unknown_account(make_app, clean_database,
     assert poller.get(LOOKUP + "9").json["data"] == {"exists": False}
     writer.post(WEBHOOK, json={"id": 9, "name": "Nine"})
     assert poller.get(LOOKUP + "9").json["data"]["exists"] is True  # the very next lookup, on another worker
+
+
+def test_a_lookup_of_an_unknown_account_asks_redis_nothing_when_nothing_is_spooled(make_app, clean_database, redis_client):
+    poller = make_app().test_client()
+    poller.get(LOOKUP + "1")  # subscribed
+    before = redis_client.info("commandstats").get("cmdstat_hget", {}).get("calls", 0)
+    assert [poller.get(LOOKUP + str(account_id)).json["data"] for account_id in range(100, 150)] == [{"exists": False}] * 50
+    assert redis_client.info("commandstats").get("cmdstat_hget", {}).get("calls", 0) == before
+
+
+def test_a_delivery_spooled_elsewhere_is_finished_by_a_subscribed_worker(make_app, clean_database, redis_client):
+    poller = make_app().test_client()
+    assert poller.get(LOOKUP + "31").json["data"] == {"exists": False}  # subscribed before the spooling
+    assert make_app(DATABASE_URL=dead_database_url()).test_client().post(WEBHOOK, json={"id": 31, "name": "Spooled Co"}).status_code == 202
+    deadline = time.monotonic() + 2.0
+    while not (data := poller.get(LOOKUP + "31").json["data"])["exists"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    assert data["company_name"] == "Spooled Co" and count_rows(clean_database, "companies") == 1
 
 
 def test_a_large_batch_is_one_set_based_insert(app, clean_database, redis_client):

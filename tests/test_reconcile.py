@@ -17,7 +17,8 @@ from tests.helpers import (
     WEBHOOK,
     companies_state,
     count_rows,
-    free_port,
+    dead_database_url,
+    dead_redis_url,
     namespaces_state,
     reconcile,
     retry_failed,
@@ -30,14 +31,6 @@ COUNTS = ("replayed", "created", "renamed", "marked", "provisioned", "restored",
 
 def counts(summary):
     return {name: getattr(summary, name) for name in COUNTS}
-
-
-def dead_redis_url():
-    return f"redis://127.0.0.1:{free_port()}/0"
-
-
-def dead_database_url():
-    return f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
 
 
 def backfilled(make_app, chatwoot_db):

@@ -45,8 +45,10 @@ def find_or_finish(account_id: int) -> CompanySnapshot | None:
 def finish_spooled_delivery(account_id: int) -> CompanySnapshot | None:
     """Provision a delivery that was answered 202 (spooled) right away instead of waiting for the worker."""
     client = get_redis()
+    if client is None or not lookup_cache.may_be_spooled(account_id):
+        return None
     try:
-        name = delivery_spool.spooled_name(client, account_id) if client is not None else None
+        name = delivery_spool.spooled_name(client, account_id)
     except redis.RedisError:
         return None
     if name is None:

@@ -21,6 +21,8 @@ IN_FLIGHT_KEY = f"{SPOOL_KEY}:in_flight"
 DEAD_LETTER_KEY = f"{SPOOL_KEY}:dead"
 #: account id -> name of every spooled delivery not yet provisioned, so a lookup can finish it at once
 PENDING_ACCOUNTS_KEY = f"{SPOOL_KEY}:accounts"
+#: the account id of every delivery spooled, published when it is spooled (so lookups know without asking)
+SPOOLED_CHANNEL = f"{SPOOL_KEY}:spooled"
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ def spool_delivery(account_id: int, company_name: str) -> bool:
         pipeline = client.pipeline(transaction=True)
         pipeline.lpush(SPOOL_KEY, delivery.encode())
         pipeline.hset(PENDING_ACCOUNTS_KEY, str(account_id), company_name)
+        pipeline.publish(SPOOLED_CHANNEL, str(account_id))
         pipeline.execute()
     except redis.RedisError as exc:
         logger.error("[Chatwoot Sync] Error: cannot spool account %s either (%s)", account_id, type(exc).__name__)
@@ -69,6 +72,11 @@ def spool_length(client: redis.Redis) -> int:
 def spooled_name(client: redis.Redis, account_id: int) -> str | None:
     """The name of a spooled, not yet provisioned delivery for this account, or None."""
     return client.hget(PENDING_ACCOUNTS_KEY, str(account_id))
+
+
+def pending_accounts(client: redis.Redis) -> set[int]:
+    """Every account with a spooled delivery not yet provisioned."""
+    return {int(account_id) for account_id in client.hkeys(PENDING_ACCOUNTS_KEY) if account_id.isdigit()}
 
 
 def forget_pending(client: redis.Redis, account_id: int) -> bool:

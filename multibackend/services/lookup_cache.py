@@ -6,6 +6,8 @@
 - Every commit that changes a company (services.companies.company_write) drops the held answers of those accounts
   in its own process at once, and PUBLISHes their ids on INVALIDATION_CHANNEL (one round trip); every worker
   subscribes and drops them when the message arrives (normally well under 1 ms after the commit).
+- Each worker also knows which accounts have a delivery spooled while PostgreSQL was down (delivery_spool
+  publishes them), so a lookup of an unknown account asks Redis for a spooled delivery only when there is one.
 - An answer is held only while this process's subscription is up (dropped on a disconnect, everything forgotten
   on reconnect), at most HELD_SECONDS in any case (the bound if a writer could not reach Redis), and not at all
   without Redis. A reading that raced an invalidation is not stored (generation check)."""
@@ -24,6 +26,7 @@ import redis
 from flask import current_app
 
 from multibackend.extensions import get_redis
+from multibackend.services import delivery_spool
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +43,7 @@ class HeldAnswers:
 
     def __init__(self, client: redis.Redis):
         self.answers: dict[int, tuple[float, bytes]] = {}
+        self.spooled: set[int] = set()  # accounts with a spooled delivery, as far as this process knows
         self.generation = 0
         self.live = False
         self.lock = threading.Lock()
@@ -60,8 +64,12 @@ class HeldAnswers:
                 self.answers.clear()
             self.answers[account_id] = (time.monotonic() + HELD_SECONDS, answer)
 
+    def may_be_spooled(self, account_id: int) -> bool:
+        """False only when this account surely has no spooled delivery (the subscription is up and said none)."""
+        return not self.live or account_id in self.spooled
+
     def drop(self, account_ids: Iterable[int] | None) -> None:
-        """Forget these accounts' answers (None: all of them)."""
+        """Forget these accounts' answers (None: all of them); a changed company is no longer only spooled."""
         with self.lock:
             self.generation += 1
             if account_ids is None:
@@ -69,6 +77,7 @@ class HeldAnswers:
             else:
                 for account_id in account_ids:
                     self.answers.pop(account_id, None)
+                    self.spooled.discard(account_id)
 
     def start(self) -> None:
         """Subscribe (synchronously, so the first lookup can already be held), then listen on a daemon thread."""
@@ -81,12 +90,14 @@ class HeldAnswers:
 
     def _subscribe(self) -> Any:
         pubsub = self._client.pubsub(ignore_subscribe_messages=False)
-        pubsub.subscribe(INVALIDATION_CHANNEL)
-        confirmation = pubsub.get_message(timeout=1.0)
-        if not confirmation or confirmation.get("type") != "subscribe":
-            pubsub.close()
-            raise redis.ConnectionError("no subscription")
+        pubsub.subscribe(INVALIDATION_CHANNEL, delivery_spool.SPOOLED_CHANNEL)
+        for _ in range(2):
+            confirmation = pubsub.get_message(timeout=1.0)
+            if not confirmation or confirmation.get("type") != "subscribe":
+                pubsub.close()
+                raise redis.ConnectionError("no subscription")
         self.drop(None)  # messages may have been missed before this subscription
+        self.spooled = delivery_spool.pending_accounts(self._client)  # read after subscribing: none missed
         self.live = True
         return pubsub
 
@@ -97,7 +108,7 @@ class HeldAnswers:
                     pubsub = self._subscribe()
                 message = pubsub.get_message(timeout=5.0)
                 if message and message.get("type") == "message":
-                    self._apply(message["data"])
+                    self._apply(message["channel"], message["data"])
             except (redis.RedisError, OSError, ValueError):
                 self.live = False
                 self.drop(None)
@@ -109,9 +120,12 @@ class HeldAnswers:
                 pubsub = None
                 time.sleep(1.0)
 
-    def _apply(self, data: Any) -> None:
+    def _apply(self, channel: Any, data: Any) -> None:
         text = data.decode() if isinstance(data, bytes) else str(data)
-        self.drop(None if text == EVERY_ANSWER else [int(part) for part in text.split(",") if part])
+        if channel == delivery_spool.SPOOLED_CHANNEL:
+            self.spooled.add(int(text))
+        else:
+            self.drop(None if text == EVERY_ANSWER else [int(part) for part in text.split(",") if part])
 
 
 HELD_EXTENSION = "multibackend.held_answers"
@@ -143,6 +157,12 @@ def cached_answer(account_id: int) -> bytes | None:
     """The held `data` JSON of this (existing) company, or None: no network round trip either way."""
     held = held_answers()
     return held.get(account_id) if held is not None else None
+
+
+def may_be_spooled(account_id: int) -> bool:
+    """Whether a delivery for this account may wait in the spool (False: surely not, no round trip needed)."""
+    held = held_answers()
+    return held.may_be_spooled(account_id) if held is not None else True
 
 
 def generation() -> int:

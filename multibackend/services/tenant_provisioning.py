@@ -13,7 +13,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from multibackend.clock import iso_utc
-from multibackend.extensions import db, get_redis
+from multibackend.extensions import db, get_redis, read_one
 from multibackend.models import Company, CompanySnapshot
 from multibackend.services import sync_metrics
 from multibackend.services.companies import CompanyWrite, company_row, company_write, record_failed_attempt, tenant_provisioned
@@ -86,8 +86,7 @@ FIND_COMPANY = select(
 
 def find_company(account_id: int) -> CompanySnapshot | None:
     """The company of a Chatwoot account, or None: one round trip, no transaction to open or close."""
-    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        row = connection.execute(FIND_COMPANY, {"account_id": str(account_id)}).first()
+    row = read_one(FIND_COMPANY, {"account_id": str(account_id)})
     return CompanySnapshot.of(row) if row is not None else None
 
 
