@@ -139,7 +139,10 @@ def read_one(statement: Any, parameters: dict[str, Any]) -> Any:
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
             return connection.execute(statement, parameters).first()
     sql = _compiled_sql(statement, engine.dialect)
-    pooled = engine.raw_connection()
+    try:
+        pooled = engine.raw_connection()
+    except engine.dialect.loaded_dbapi.Error as exc:  # cannot connect: SQLAlchemy's error, as from a Connection
+        raise DBAPIError.instance(None, None, exc, engine.dialect.loaded_dbapi.Error, dialect=engine.dialect) from exc
     driver = pooled.driver_connection
     try:
         driver.autocommit = True

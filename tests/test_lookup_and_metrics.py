@@ -192,7 +192,13 @@ def test_reading_metrics_never_writes(client, clean_database):
     assert totals_row(clean_database) is None
 
 
-def folded_history(app, client, clean_database):
+def computed_metrics(client, redis_client):
+    """The metrics as a request computes them now (the shared copy, up to 1 s old, dropped first)."""
+    redis_client.delete(sync_metrics.SHARED_METRICS_KEY)
+    return client.get(METRICS).json["data"]
+
+
+def folded_history(app, client, clean_database, redis_client):
     """1501 settled events (every 4th failed), a second apart from two days ago, folded by a reconcile: (two days
     ago, the metrics before the fold, the metrics after it)."""
     old = datetime.now(timezone.utc) - timedelta(days=2)
@@ -200,29 +206,47 @@ def folded_history(app, client, clean_database):
     insert_events(clean_database, rows)
     before = client.get(METRICS).json["data"]
     assert reconcile(app).ok
-    return old, before, client.get(METRICS).json["data"]
+    return old, before, computed_metrics(client, redis_client)
 
 
-def test_the_reconciler_folds_settled_history_into_running_totals(app, client, clean_database):
-    folded_history(app, client, clean_database)
+def test_the_reconciler_folds_settled_history_into_running_totals(app, client, clean_database, redis_client):
+    folded_history(app, client, clean_database, redis_client)
     assert totals_row(clean_database) == (1501, 1501)
 
 
-def test_folding_leaves_the_metrics_as_they_were(app, client, clean_database):
-    old, before, after = folded_history(app, client, clean_database)
+def test_folding_leaves_the_metrics_as_they_were(app, client, clean_database, redis_client):
+    old, before, after = folded_history(app, client, clean_database, redis_client)
     assert after == before
     assert after["last_sync"] == (old + timedelta(seconds=1501)).isoformat().replace("+00:00", "Z")
 
 
-def test_metrics_after_a_fold_add_the_newer_events(app, client, clean_database):
-    _, _, first = folded_history(app, client, clean_database)
+def test_metrics_after_a_fold_add_the_newer_events(app, client, clean_database, redis_client):
+    _, _, first = folded_history(app, client, clean_database, redis_client)
     insert_events(clean_database, [("9", "chatwoot_9", "failed", False, 100.0, "late error", datetime.now(timezone.utc))])
-    second = client.get(METRICS).json["data"]
+    second = computed_metrics(client, redis_client)
     assert first["total_syncs"] == 1501 and second["total_syncs"] == 1502
     assert (second["success_count"], second["failed_count"]) == (first["success_count"], first["failed_count"] + 1)
     expected_sum = sum(float(i % 7) for i in range(1, 1502)) + 100.0
     assert second["avg_latency_ms"] == round(expected_sum / 1502, 2)
     assert second["recent_errors"][0]["error"] == "late error"
+
+
+def test_metrics_are_computed_at_most_once_a_second_for_every_worker(make_app, clean_database):
+    first, second = make_app().test_client(), make_app().test_client()
+    assert first.get(METRICS).json["data"]["total_syncs"] == 0
+    insert_events(clean_database, [("1", "chatwoot_1", "success", True, 1.0, None, datetime.now(timezone.utc))])
+    assert second.get(METRICS).json["data"]["total_syncs"] == 0  # the copy the first worker shared
+    time.sleep(sync_metrics.SHARED_METRICS_SECONDS)
+    assert second.get(METRICS).json["data"]["total_syncs"] == 1  # never older than a second
+
+
+def test_a_delivery_or_a_refusal_shows_in_the_metrics_at_once(make_app, clean_database):
+    client = make_app().test_client()
+    assert client.get(METRICS).json["data"]["total_syncs"] == 0
+    client.post(WEBHOOK, json={"id": 1, "name": "One"})
+    assert client.get(METRICS).json["data"]["total_syncs"] == 1
+    client.post(WEBHOOK, data=b"broken", content_type="application/json")
+    assert client.get(METRICS).json["data"]["rejected_count"] == 1
 
 
 def test_recent_events_are_not_folded_until_settled(app, client, clean_database):

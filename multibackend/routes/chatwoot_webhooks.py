@@ -115,8 +115,8 @@ def company(account_id: str) -> Response:
 @bp.get("/metrics")
 @require_operator
 def metrics() -> Response:
-    """Sync totals, success rate, latency and recent errors shared by every worker (operators only)."""
-    return jsonify(success_answer(metrics_response_schema, sync_metrics.sync_metrics()))
+    """Sync totals, success rate, latency and recent errors shared by every worker, at most 1 s old (operators only)."""
+    return jsonify(success_answer(metrics_response_schema, sync_metrics.shared_sync_metrics()))
 
 
 @bp.get("/openapi.json")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import redis
 from sqlalchemy import func, insert, select, true
 
 from multibackend.extensions import conflict_aware_insert, db, get_redis
@@ -48,6 +51,13 @@ def record_failed_sync(account_id: int, latency_ms: float, error: str) -> None:
     except Exception as exc:  # the database that just failed may still be down
         db.session.rollback()
         logger.error("[Chatwoot Sync] Error: could not record the failed sync of %s (%s)", account_id, type(exc).__name__)
+        return
+    client = get_redis()
+    try:
+        if client is not None:
+            client.delete(SHARED_METRICS_KEY)
+    except redis.RedisError:
+        pass  # the shared metrics show it within SHARED_METRICS_SECONDS
 
 
 REJECTIONS_KEY = "multibackend:rejections"  # Redis hash: error code -> refused deliveries counted there
@@ -59,7 +69,10 @@ def record_rejection(code: str) -> None:
     client = get_redis()
     if client is not None:
         try:
-            client.hincrby(REJECTIONS_KEY, code, 1)
+            pipeline = client.pipeline(transaction=False)
+            pipeline.hincrby(REJECTIONS_KEY, code, 1)
+            forget_shared_metrics(pipeline)
+            pipeline.execute()
             return
         except Exception as exc:  # redis.RedisError, or an outage: the database still counts it
             logger.warning("[Chatwoot Webhook] Could not count a rejected delivery in Redis (%s)", type(exc).__name__)
@@ -165,6 +178,45 @@ def sync_metrics() -> dict[str, Any]:
             for created_at, account_id, error in errors
         ],
     }
+
+
+SHARED_METRICS_KEY = "multibackend:metrics:sync"
+SHARED_METRICS_LOCK_KEY = f"{SHARED_METRICS_KEY}:refreshing"
+#: the oldest shared metrics any request sees; one worker refreshes them once they are half that old
+SHARED_METRICS_SECONDS = 1.0
+
+
+def shared_sync_metrics() -> dict[str, Any]:
+    """sync_metrics() as any worker or instance computed it less than SHARED_METRICS_SECONDS ago (one Redis GET);
+    once they are half that old one request (a Redis lock) computes them again for everyone. Without Redis, or
+    when it fails, computed for this request. Deliveries drop them (forget_shared_metrics) in their own pipeline."""
+    client = get_redis()
+    if client is None:
+        return sync_metrics()
+    try:
+        cached = client.get(SHARED_METRICS_KEY)
+        shared = json.loads(cached) if cached else None
+        if shared is not None and (
+            time.time() - shared["at"] < SHARED_METRICS_SECONDS / 2
+            or not client.set(SHARED_METRICS_LOCK_KEY, "1", nx=True, px=int(SHARED_METRICS_SECONDS * 1000))
+        ):
+            return shared["metrics"]
+    except (redis.RedisError, ValueError, KeyError, TypeError):
+        return sync_metrics()
+    metrics = sync_metrics()
+    try:
+        pipeline = client.pipeline(transaction=False)
+        pipeline.set(SHARED_METRICS_KEY, json.dumps({"at": time.time(), "metrics": metrics}), px=int(SHARED_METRICS_SECONDS * 1000))
+        pipeline.delete(SHARED_METRICS_LOCK_KEY)
+        pipeline.execute()
+    except redis.RedisError:
+        pass
+    return metrics
+
+
+def forget_shared_metrics(pipeline: Any) -> None:
+    """Queue on a Redis pipeline (one a delivery sends anyway): the next metrics request computes them afresh."""
+    pipeline.delete(SHARED_METRICS_KEY)
 
 
 def fold_sync_totals() -> int:

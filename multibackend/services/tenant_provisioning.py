@@ -108,6 +108,7 @@ def provision_services(companies: Sequence[Company]) -> str:
         pipeline = client.pipeline(transaction=False)
         for company in companies:
             write_tenant_namespace(pipeline, company)
+        sync_metrics.forget_shared_metrics(pipeline)
         pipeline.execute()
     except redis.RedisError as exc:
         reason = f"Redis unavailable ({type(exc).__name__}); the company is kept and provisioning will be retried"
