@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -234,6 +235,15 @@ def test_a_crash_between_commit_and_signal_is_repaired_by_reconcile(host_databas
     assert summary.announced == 1  # chatwoot_5, from the outbox; chatwoot_77 was provisioned (and announced) by this run
     assert sorted(announced) == ["chatwoot_5", "chatwoot_77"]
     assert outbox_rows(host_database_url) == 0
+
+
+def test_the_process_settles_its_outbox_rows_right_after_the_request(host_database_url, redis_url, redis_client):
+    host, _ = mounted(host_database_url, redis_url)
+    assert host.test_client().post(WEBHOOK, json={"id": 5, "name": "Five"}).status_code == 200
+    deadline = time.monotonic() + 5
+    while outbox_rows(host_database_url):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
 
 
 def test_a_fresh_outbox_row_is_left_to_the_process_that_wrote_it(host_database_url, redis_url, redis_client):

@@ -18,11 +18,12 @@ from datetime import timedelta
 from typing import Any
 
 from blinker import Namespace
-from flask import current_app
+from flask import Flask, current_app, has_request_context
 from sqlalchemy import delete, event, inspect, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import ORMExecuteState, Session
 
+from multibackend.background import BackgroundBatches
 from multibackend.clock import utcnow
 from multibackend.extensions import db
 from multibackend.models import Company, CompanySnapshot, TenantAnnouncement
@@ -64,6 +65,7 @@ class CompanyWrite:
     ready_before: dict[int, bool] = field(default_factory=dict)
     removed_accounts: set[str] = field(default_factory=set)
     forget_every_answer: bool = False
+    inserted: set[int] = field(default_factory=set)
     snapshots: dict[int, CompanySnapshot] = field(default_factory=dict)
     owed: list[tuple[int, CompanySnapshot]] = field(default_factory=list)
     announced: list[CompanySnapshot] = field(default_factory=list)
@@ -81,6 +83,7 @@ class CompanyWrite:
         inserted = list(db.session.scalars(statement, parameters, execution_options={WRITE_PATH_OPTION: True}))
         for company in inserted:
             self._track(company, was_ready=False)
+            self.inserted.add(id(company))
         return inserted
 
     def remove(self, company_ids: Sequence[int]) -> None:
@@ -158,7 +161,12 @@ def _bound_statements() -> None:
 
 
 def _after_commit(write: CompanyWrite) -> None:
-    changed = {snapshot.chatwoot_account_id for snapshot in write.snapshots.values() if snapshot.chatwoot_account_id}
+    # a company this write inserted had no row before it, so no worker holds an answer for it: nothing to drop
+    changed = {
+        snapshot.chatwoot_account_id
+        for key, snapshot in write.snapshots.items()
+        if snapshot.chatwoot_account_id and key not in write.inserted
+    }
     lookup_cache.publish(None if write.forget_every_answer else changed | write.removed_accounts)
     write.announced, write.unannounced = _announce(write.owed)
 
@@ -187,8 +195,24 @@ def _announce(owed: Sequence[tuple[int, CompanySnapshot]]) -> tuple[list[Company
 
 
 def _settle_announcements(company_pks: Sequence[int]) -> None:
-    """Remove the outbox rows of signals that were sent, in one round trip and without a durable commit: losing it
-    in a crash only means the signal is sent once more, which receivers must accept anyway."""
+    """Remove the outbox rows of signals that were sent: right after a request, in batches, by a background thread
+    (off the request path); at once elsewhere (a command, the worker)."""
+    if not company_pks:
+        return
+    if has_request_context():
+        _settling.add(current_app._get_current_object(), dict.fromkeys(company_pks))
+    else:
+        _settle_now(company_pks)
+
+
+def _settle_in_background(app: Flask, company_pks: dict[int, None]) -> None:
+    with app.app_context():
+        _settle_now(list(company_pks))
+
+
+def _settle_now(company_pks: Sequence[int]) -> None:
+    """One round trip without a durable commit: losing it in a crash only means the signal is sent once more
+    (by the reconciler, after ANNOUNCE_GRACE_SECONDS), which receivers must accept anyway."""
     listed = ", ".join(str(int(pk)) for pk in company_pks)
     delete_sent = f"DELETE FROM {TenantAnnouncement.__tablename__} WHERE company_pk IN ({listed})"
     try:
@@ -199,6 +223,9 @@ def _settle_announcements(company_pks: Sequence[int]) -> None:
                 connection.exec_driver_sql(delete_sent)
     except SQLAlchemyError as exc:
         logger.warning("[Chatwoot Sync] Announcements sent but not settled (%s): reconcile sends them again", type(exc).__name__)
+
+
+_settling = BackgroundBatches("outbox-settle", _settle_in_background, window_seconds=0.1)
 
 
 def _record_failed_announcements(failed: Sequence[tuple[int, CompanySnapshot, str]], sent: Sequence[int]) -> None:

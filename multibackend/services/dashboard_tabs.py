@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import threading
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +22,7 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from multibackend.background import BackgroundBatches
 from multibackend.extensions import conflict_aware_insert, db
 from multibackend.logging_setup import printable
 from multibackend.models import DashboardTab
@@ -153,39 +151,7 @@ def ensure_tab_soon(account_id: int, admin_ids: Sequence[int] = ()) -> None:
     Chatwoot's database; deliveries that arrive together share one pass. A failure is logged, left to reconcile."""
     if tabs_disabled_because() is not None:
         return
-    _queue.add(current_app._get_current_object(), account_id, list(admin_ids))
-
-
-class TabQueue:
-    """Accounts waiting for their tab, per app, taken in batches by one background thread per process."""
-
-    BATCH_WINDOW_SECONDS = 0.05
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._waiting: dict[Flask, dict[int, list[int]]] = {}
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._pid = 0
-
-    def add(self, app: Flask, account_id: int, admin_ids: list[int]) -> None:
-        with self._lock:
-            self._waiting.setdefault(app, {})[account_id] = admin_ids
-            if self._thread is None or self._pid != os.getpid():  # none yet, or this is a forked worker
-                self._pid = os.getpid()
-                self._thread = threading.Thread(target=self._run, name="dashboard-tabs", daemon=True)
-                self._thread.start()
-        self._wake.set()
-
-    def _run(self) -> None:
-        while True:
-            self._wake.wait()
-            time.sleep(self.BATCH_WINDOW_SECONDS)
-            with self._lock:
-                self._wake.clear()
-                batches, self._waiting = self._waiting, {}
-            for app, accounts in batches.items():
-                _ensure_in_background(app, accounts)
+    _queue.add(current_app._get_current_object(), {account_id: list(admin_ids)})
 
 
 def _ensure_in_background(app: Flask, accounts: dict[int, list[int]]) -> None:
@@ -195,16 +161,13 @@ def _ensure_in_background(app: Flask, accounts: dict[int, list[int]]) -> None:
         except (TabError, SQLAlchemyError) as exc:
             logger.warning("[Chatwoot Sync] Dashboard tabs of accounts %s left to reconcile: %s", sorted(accounts), printable(str(exc), 300))
             return
-        except Exception:  # the thread serves every later delivery: never let it die
-            logger.exception("[Chatwoot Sync] Error: dashboard tabs of accounts %s", sorted(accounts))
-            return
         for account_id in changes.created:
             logger.info("[Chatwoot Sync] Dashboard tab created in account %s", account_id)
         for account_id, reason in changes.skipped.items():
             logger.warning("[Chatwoot Sync] Dashboard tab of account %s not created: %s", account_id, reason)
 
 
-_queue = TabQueue()
+_queue = BackgroundBatches("dashboard-tabs", _ensure_in_background, window_seconds=0.05)
 
 
 def missing_tabs_count() -> tuple[int, int]:
