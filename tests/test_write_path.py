@@ -12,7 +12,7 @@ from multibackend.extensions import db
 from multibackend.models import Company
 from multibackend.services.companies import WriteOutsideWritePath, company_row, company_write, tenant_provisioned
 from multibackend.services.tenant_provisioning import provision_account
-from tests.helpers import CompanyWriteWatch
+from tests.helpers import CompanyWriteWatch, count_rows, dead_redis_url
 
 PACKAGE = Path(__file__).resolve().parent.parent / "multibackend"
 
@@ -35,7 +35,7 @@ def test_a_rename_is_published_right_after_its_commit(app, redis_client):
         assert cached_answer(app, 42)["company_name"] == "Acme Renamed"
 
 
-def test_an_insert_is_published_and_announced_once(app, redis_client):
+def test_an_insert_is_announced_once_and_found_by_the_next_lookup(app, redis_client):
     announced = []
     with app.app_context(), tenant_provisioned.connected_to(lambda sender, company: announced.append(company.company_id)):
         with company_write() as write:
@@ -45,6 +45,28 @@ def test_an_insert_is_published_and_announced_once(app, redis_client):
     assert [company.company_id for company in inserted] == ["chatwoot_7", "chatwoot_8"]
     assert repeated == [] and announced == ["chatwoot_7", "chatwoot_8"]
     assert cached_answer(app, 8)["company_id"] == "chatwoot_8"
+
+
+def test_an_insert_publishes_no_invalidation_a_rename_does(app, redis_client):
+    from multibackend.services.lookup_cache import INVALIDATION_CHANNEL
+
+    listener = redis_client.pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(INVALIDATION_CHANNEL)
+    listener.get_message(timeout=1.0)
+    with app.app_context():
+        provision_account(42, "Acme Corp")  # no worker can hold an answer for a company that did not exist
+        with company_write():
+            company_of(42).rename("Renamed")
+    assert listener.get_message(timeout=1.0)["data"] == "42"
+    assert listener.get_message(timeout=0.2) is None
+    listener.close()
+
+
+def test_a_company_whose_services_fail_owes_no_announcement_and_its_sync_keeps_the_error(make_app, clean_database):
+    client = make_app(REDIS_URL=dead_redis_url()).test_client()
+    assert client.post("/api/chatwoot/webhooks/account-created", json={"id": 42, "name": "Acme"}).json["data"]["provisioning_status"] == "pending"
+    assert count_rows(clean_database, "chatwoot_tenant_announcements") == 0
+    assert count_rows(clean_database, "chatwoot_sync_events WHERE created AND error LIKE 'Redis unavailable%'") == 1
 
 
 def test_only_companies_that_became_ready_are_announced(app):

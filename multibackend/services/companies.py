@@ -19,15 +19,15 @@ from typing import Any
 
 from blinker import Namespace
 from flask import Flask, current_app, has_request_context
-from sqlalchemy import delete, event, inspect, select, text
+from sqlalchemy import BigInteger, column, delete, event, inspect, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import ORMExecuteState, Session
 
 from multibackend.background import BackgroundBatches
 from multibackend.clock import utcnow
 from multibackend.extensions import db
-from multibackend.models import Company, CompanySnapshot, TenantAnnouncement
-from multibackend.services import lookup_cache
+from multibackend.models import Company, CompanySnapshot, SyncEvent, TenantAnnouncement
+from multibackend.services import lookup_cache, sync_metrics
 from multibackend.services.tenant_naming import tenant_names
 
 logger = logging.getLogger(__name__)
@@ -66,6 +66,8 @@ class CompanyWrite:
     removed_accounts: set[str] = field(default_factory=set)
     forget_every_answer: bool = False
     inserted: set[int] = field(default_factory=set)
+    owed_in_statement: set[int] = field(default_factory=set)  # outbox rows the insert itself wrote
+    first_syncs: dict[int, int] = field(default_factory=dict)  # company -> id of the sync event that created it
     snapshots: dict[int, CompanySnapshot] = field(default_factory=dict)
     owed: list[tuple[int, CompanySnapshot]] = field(default_factory=list)
     announced: list[CompanySnapshot] = field(default_factory=list)
@@ -85,6 +87,32 @@ class CompanyWrite:
             self._track(company, was_ready=False)
             self.inserted.add(id(company))
         return inserted
+
+    def insert_with_first_sync(self, row: dict[str, Any], latency_ms: float) -> Company | None:
+        """insert_if_absent of one company (inserted ready) that also writes its first sync event (success, created)
+        and the outbox row owed for it: one statement on PostgreSQL. Should its services then fail, the commit
+        drops the owed row and writes their error on that event. None when the account already has a company
+        (nothing written)."""
+        if db.session.get_bind().dialect.name != "postgresql":
+            inserted = self.insert_if_absent([row])
+            if not inserted:
+                return None
+            company = inserted[0]
+            self.first_syncs[id(company)] = sync_metrics.add_sync_event(
+                int(row["chatwoot_account_id"]), company.company_id, "success", True, latency_ms
+            )
+            return company
+        found = db.session.execute(
+            INSERT_WITH_FIRST_SYNC, {**row, "latency_ms": round(latency_ms, 3)}, execution_options={WRITE_PATH_OPTION: True}
+        ).first()
+        if found is None:
+            return None
+        company, event_id = found
+        self._track(company, was_ready=False)
+        self.inserted.add(id(company))
+        self.owed_in_statement.add(id(company))
+        self.first_syncs[id(company)] = event_id
+        return company
 
     def remove(self, company_ids: Sequence[int]) -> None:
         """Delete these rows (duplicates only: companies are otherwise marked, never removed)."""
@@ -110,14 +138,24 @@ class CompanyWrite:
         """Snapshot what is about to be committed; owe tenant_provisioned (outbox rows, same commit) for every
         Chatwoot company that became ready. The host's own companies (no account id) are never announced."""
         self.snapshots = {key: CompanySnapshot.of(company) for key, company in self.changed.items()}
-        self.owed = [
-            (company.id, self.snapshots[key])
+        owed_keys = [
+            key
             for key, company in self.changed.items()
             if company.is_ready and not self.ready_before[key] and company.chatwoot_account_id
         ]
-        if self.owed and not self.dry_run:
-            now = utcnow()
-            db.session.execute(OWE_ANNOUNCEMENT, [{"company_pk": pk, "created_at": now} for pk, _ in self.owed])
+        self.owed = [(self.changed[key].id, self.snapshots[key]) for key in owed_keys]
+        if self.dry_run:
+            return
+        now = utcnow()
+        unwritten = [{"company_pk": self.changed[key].id, "created_at": now} for key in owed_keys if key not in self.owed_in_statement]
+        if unwritten:
+            db.session.execute(OWE_ANNOUNCEMENT, unwritten)
+        no_longer_owed = [self.changed[key].id for key in self.owed_in_statement - set(owed_keys)]
+        if no_longer_owed:
+            db.session.execute(delete(TenantAnnouncement).where(TenantAnnouncement.company_pk.in_(no_longer_owed)))
+        for key, event_id in self.first_syncs.items():
+            if self.changed[key].provisioning_error:
+                sync_metrics.record_event_error(event_id, self.changed[key].provisioning_error)
 
 
 @contextlib.contextmanager
@@ -321,6 +359,20 @@ SET_INSERT = select(Company).from_statement(
         + ") AS r(c1, c2, c3, c4, c5, c6, c7, c8, c9)"
         f" ON CONFLICT DO NOTHING RETURNING {', '.join(Company.__table__.columns.keys())}"
     )
+)
+
+
+_COMPANY_COLUMNS = Company.__table__.columns.keys()
+INSERT_WITH_FIRST_SYNC = select(Company, column("first_sync_event_id", BigInteger)).from_statement(
+    text(
+        f"WITH company AS (INSERT INTO companies ({', '.join(ROW_COLUMNS[:6])}, provisioning_attempts, chatwoot_status, created_at, updated_at)"
+        f" VALUES ({', '.join(':' + column for column in ROW_COLUMNS[:6])}, 0, :chatwoot_status, :created_at, :updated_at)"
+        " ON CONFLICT DO NOTHING RETURNING *),"
+        f" event AS (INSERT INTO {SyncEvent.__tablename__} (chatwoot_account_id, company_id, outcome, created, latency_ms, created_at)"
+        "  SELECT chatwoot_account_id, company_id, 'success', true, :latency_ms, created_at FROM company RETURNING id),"
+        f" owed AS (INSERT INTO {TenantAnnouncement.__tablename__} (company_pk, created_at) SELECT id, created_at FROM company)"
+        f" SELECT {', '.join('company.' + name for name in _COMPANY_COLUMNS)}, event.id AS first_sync_event_id FROM company, event"
+    ).columns(*Company.__table__.columns, column("first_sync_event_id", BigInteger))
 )
 
 

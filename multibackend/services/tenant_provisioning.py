@@ -44,11 +44,11 @@ def provision_account(
     logger.info("[Chatwoot Sync] Creating company: %s", names.company_id)
     try:
         with company_write() as write:
-            company, created = _company_for(write, account_id, company_name, chatwoot_status)
+            company, created = _company_for(write, account_id, company_name, chatwoot_status, started if record_sync else None)
             redis_step = provision_services([company]) if created or not company.is_ready else "unchanged"
-            if record_sync:
+            if record_sync and not created:
                 sync_metrics.add_sync_event(
-                    account_id, company.company_id, "success", created, _elapsed_ms(started), company.provisioning_error
+                    account_id, company.company_id, "success", False, _elapsed_ms(started), company.provisioning_error
                 )
     except SQLAlchemyError as exc:
         logger.error(
@@ -61,11 +61,18 @@ def provision_account(
     return ProvisioningResult(snapshot, created, redis_step)
 
 
-def _company_for(write: CompanyWrite, account_id: int, company_name: str, chatwoot_status: str) -> tuple[Company, bool]:
-    """The account's company, inserted if absent: exactly one row per account, whatever runs concurrently."""
-    inserted = write.insert_if_absent([company_row(account_id, company_name, chatwoot_status)])
-    if inserted:
-        return inserted[0], True
+def _company_for(
+    write: CompanyWrite, account_id: int, company_name: str, chatwoot_status: str, sync_started: float | None
+) -> tuple[Company, bool]:
+    """The account's company, inserted if absent: exactly one row per account, whatever runs concurrently. With
+    sync_started, a company this call inserts comes with its sync event (the delivery's)."""
+    row = company_row(account_id, company_name, chatwoot_status)
+    if sync_started is not None:
+        inserted = write.insert_with_first_sync(row, _elapsed_ms(sync_started))
+        if inserted is not None:
+            return inserted, True
+    elif inserted_rows := write.insert_if_absent([row]):
+        return inserted_rows[0], True
     existing = db.session.scalar(select(Company).where(Company.chatwoot_account_id == str(account_id)))
     if existing is None:  # the row that conflicted is a different account's company_id: never expected
         raise LookupError(f"company {tenant_names(account_id).company_id} conflicts with another account")
