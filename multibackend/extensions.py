@@ -128,45 +128,54 @@ def once_more_if_disconnected(operation: Callable[[], T]) -> T:
         return operation()
 
 
-def read_one(statement: Any, parameters: dict[str, Any]) -> Any:
-    """The first row of a read (attribute access by column name), or None: one round trip, no transaction.
+def run_alone(statement: Any, parameters: dict[str, Any], timeout_ms: int | None = None) -> Any:
+    """Run one statement in a transaction of its own and return its first row (attribute access by column name),
+    or None.
 
-    On PostgreSQL the statement runs on the pooled driver connection itself, in autocommit, so a cold lookup
-    pays the round trip and little else (a SQLAlchemy Connection adds about 0.2 ms of bookkeeping per use);
-    driver errors come out as SQLAlchemy's, and a broken connection renews the pool (once_more_if_disconnected)."""
+    On PostgreSQL it runs on the pooled driver connection itself, in autocommit: one round trip, and a write is
+    committed (durably) with it; a SQLAlchemy Connection would add about 0.2 ms of bookkeeping per use. With
+    timeout_ms (a host's engine, whose connections carry no statement_timeout of ours) it runs between BEGIN,
+    `SET LOCAL statement_timeout` and COMMIT instead. Driver errors come out as SQLAlchemy's, and a broken
+    connection renews the pool (once_more_if_disconnected)."""
     engine = db.engine
     if engine.dialect.name != "postgresql":
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
             return connection.execute(statement, parameters).first()
     sql = _compiled_sql(statement, engine.dialect)
+    dbapi_error = engine.dialect.loaded_dbapi.Error
     try:
         pooled = engine.raw_connection()
-    except engine.dialect.loaded_dbapi.Error as exc:  # cannot connect: SQLAlchemy's error, as from a Connection
-        raise DBAPIError.instance(None, None, exc, engine.dialect.loaded_dbapi.Error, dialect=engine.dialect) from exc
+    except dbapi_error as exc:  # cannot connect: SQLAlchemy's error, as from a Connection
+        raise DBAPIError.instance(None, None, exc, dbapi_error, dialect=engine.dialect) from exc
     driver = pooled.driver_connection
     try:
-        driver.autocommit = True
+        driver.autocommit = timeout_ms is None
         cursor = pooled.cursor()
+        if timeout_ms is not None:
+            cursor.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
         cursor.execute(sql, parameters)
         row = cursor.fetchone()
         names = [column[0] for column in cursor.description]
         cursor.close()
+        if timeout_ms is not None:
+            driver.commit()
         driver.autocommit = False
-    except engine.dialect.loaded_dbapi.Error as exc:
+    except dbapi_error as exc:
         broken = engine.dialect.is_disconnect(exc, driver, None)
-        if broken or not _leave_autocommit(driver):
+        if broken or not _leave_clean(driver):
             pooled.invalidate(exc)
         if broken:  # a server restart broke every pooled connection: start a new pool, as a Connection would
             engine.dispose()
-        raise DBAPIError.instance(sql, parameters, exc, engine.dialect.loaded_dbapi.Error,
-                                  connection_invalidated=broken, dialect=engine.dialect) from exc
+        raise DBAPIError.instance(sql, parameters, exc, dbapi_error, connection_invalidated=broken, dialect=engine.dialect) from exc
     finally:
         pooled.close()
     return None if row is None else SimpleNamespace(**dict(zip(names, row)))
 
 
-def _leave_autocommit(driver: Any) -> bool:
+def _leave_clean(driver: Any) -> bool:
+    """Roll back what a failed statement left and leave autocommit, so the connection can go back to the pool."""
     try:
+        driver.rollback()
         driver.autocommit = False
     except Exception:
         return False

@@ -81,6 +81,13 @@ def test_repeats_are_idempotent(client, clean_database):
     assert count_rows(clean_database, "companies") == 1
 
 
+def test_a_repeat_under_another_name_leaves_the_namespace_as_the_company_is(client, clean_database, redis_client):
+    post(client, {"id": 42, "name": "Acme Corp"})
+    before = redis_client.hgetall("chatwoot_42:tenant")
+    assert post(client, {"id": 42, "name": "Renamed Meanwhile"}).json["data"]["company_name"] == "Acme Corp"
+    assert redis_client.hgetall("chatwoot_42:tenant") == before  # created_at and name: the company's, not the repeat's
+
+
 def test_unknown_fields_are_ignored(client, clean_database):
     body = json.loads(payload("account_created.json")) | {"locale": "es", "feature_flags": 7, "nested": {"a": [1]}}
     body["users"][0]["role"] = "administrator"

@@ -32,7 +32,7 @@ from multibackend.extensions import DATABASE_EXTENSION, own_db
 from multibackend.services import doctor, reconciler
 from multibackend.services.delivery_spool import DEAD_LETTER_KEY, SPOOL_KEY, spool_delivery
 from multibackend.services.companies import tenant_provisioned
-from tests.helpers import WEBHOOK, admin_url, run_command
+from tests.helpers import WEBHOOK, admin_url, namespaces_state, run_command
 
 LOOKUP = "/api/chatwoot/webhooks/company/"
 DRIVERS = ("psycopg2", "psycopg")
@@ -337,6 +337,7 @@ def test_a_column_the_database_refuses_fails_the_delivery_without_spooling_it(ho
     response = host.test_client().post(WEBHOOK, json={"id": 5, "name": "Five"})
     assert (response.status_code, response.json["code"]) == (503, "service_unavailable")
     assert redis_client.llen(SPOOL_KEY) == 0
+    assert namespaces_state(redis_client) == {"registry": {}}  # its namespace, written first, is gone again
     metrics = host.test_client().get("/api/chatwoot/webhooks/metrics").json["data"]
     assert metrics["recent_errors"][0]["error"] == "database refused the company (IntegrityError)"
 

@@ -19,15 +19,15 @@ from typing import Any
 
 from blinker import Namespace
 from flask import Flask, current_app, has_request_context
-from sqlalchemy import BigInteger, column, delete, event, inspect, select, text
+from sqlalchemy import delete, event, inspect, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import ORMExecuteState, Session
 
 from multibackend.background import BackgroundBatches
 from multibackend.clock import utcnow
-from multibackend.extensions import db
+from multibackend.extensions import db, run_alone
 from multibackend.models import Company, CompanySnapshot, SyncEvent, TenantAnnouncement
-from multibackend.services import lookup_cache, sync_metrics
+from multibackend.services import lookup_cache
 from multibackend.services.tenant_naming import tenant_names
 
 logger = logging.getLogger(__name__)
@@ -66,8 +66,6 @@ class CompanyWrite:
     removed_accounts: set[str] = field(default_factory=set)
     forget_every_answer: bool = False
     inserted: set[int] = field(default_factory=set)
-    owed_in_statement: set[int] = field(default_factory=set)  # outbox rows the insert itself wrote
-    first_syncs: dict[int, int] = field(default_factory=dict)  # company -> id of the sync event that created it
     snapshots: dict[int, CompanySnapshot] = field(default_factory=dict)
     owed: list[tuple[int, CompanySnapshot]] = field(default_factory=list)
     announced: list[CompanySnapshot] = field(default_factory=list)
@@ -87,32 +85,6 @@ class CompanyWrite:
             self._track(company, was_ready=False)
             self.inserted.add(id(company))
         return inserted
-
-    def insert_with_first_sync(self, row: dict[str, Any], latency_ms: float) -> Company | None:
-        """insert_if_absent of one company (inserted ready) that also writes its first sync event (success, created)
-        and the outbox row owed for it: one statement on PostgreSQL. Should its services then fail, the commit
-        drops the owed row and writes their error on that event. None when the account already has a company
-        (nothing written)."""
-        if db.session.get_bind().dialect.name != "postgresql":
-            inserted = self.insert_if_absent([row])
-            if not inserted:
-                return None
-            company = inserted[0]
-            self.first_syncs[id(company)] = sync_metrics.add_sync_event(
-                int(row["chatwoot_account_id"]), company.company_id, "success", True, latency_ms
-            )
-            return company
-        found = db.session.execute(
-            INSERT_WITH_FIRST_SYNC, {**row, "latency_ms": round(latency_ms, 3)}, execution_options={WRITE_PATH_OPTION: True}
-        ).first()
-        if found is None:
-            return None
-        company, event_id = found
-        self._track(company, was_ready=False)
-        self.inserted.add(id(company))
-        self.owed_in_statement.add(id(company))
-        self.first_syncs[id(company)] = event_id
-        return company
 
     def remove(self, company_ids: Sequence[int]) -> None:
         """Delete these rows (duplicates only: companies are otherwise marked, never removed)."""
@@ -138,24 +110,14 @@ class CompanyWrite:
         """Snapshot what is about to be committed; owe tenant_provisioned (outbox rows, same commit) for every
         Chatwoot company that became ready. The host's own companies (no account id) are never announced."""
         self.snapshots = {key: CompanySnapshot.of(company) for key, company in self.changed.items()}
-        owed_keys = [
-            key
+        self.owed = [
+            (company.id, self.snapshots[key])
             for key, company in self.changed.items()
             if company.is_ready and not self.ready_before[key] and company.chatwoot_account_id
         ]
-        self.owed = [(self.changed[key].id, self.snapshots[key]) for key in owed_keys]
-        if self.dry_run:
-            return
-        now = utcnow()
-        unwritten = [{"company_pk": self.changed[key].id, "created_at": now} for key in owed_keys if key not in self.owed_in_statement]
-        if unwritten:
-            db.session.execute(OWE_ANNOUNCEMENT, unwritten)
-        no_longer_owed = [self.changed[key].id for key in self.owed_in_statement - set(owed_keys)]
-        if no_longer_owed:
-            db.session.execute(delete(TenantAnnouncement).where(TenantAnnouncement.company_pk.in_(no_longer_owed)))
-        for key, event_id in self.first_syncs.items():
-            if self.changed[key].provisioning_error:
-                sync_metrics.record_event_error(event_id, self.changed[key].provisioning_error)
+        if self.owed and not self.dry_run:
+            now = utcnow()
+            db.session.execute(OWE_ANNOUNCEMENT, [{"company_pk": pk, "created_at": now} for pk, _ in self.owed])
 
 
 @contextlib.contextmanager
@@ -192,10 +154,46 @@ def write_in_progress() -> bool:
 def _bound_statements() -> None:
     """On the host's engine (whose connect options are not ours) bound this transaction's statements, so a hung
     database cannot hold a webhook past Chatwoot's 5 s."""
+    milliseconds = host_statement_timeout_ms()
+    if milliseconds is not None:
+        db.session.execute(text(f"SET LOCAL statement_timeout = {milliseconds}"))
+
+
+def host_statement_timeout_ms() -> int | None:
+    """The statement_timeout a write on the host's PostgreSQL engine must set itself (None: the plugin's own engine
+    has it in its connect options, or the database is not PostgreSQL)."""
     if db.is_own or db.engine.dialect.name != "postgresql":
-        return
-    milliseconds = int(current_app.extensions.get(STATEMENT_TIMEOUT_EXTENSION) or current_app.config["DATABASE_STATEMENT_TIMEOUT_MS"])
-    db.session.execute(text(f"SET LOCAL statement_timeout = {milliseconds}"))
+        return None
+    return int(current_app.extensions.get(STATEMENT_TIMEOUT_EXTENSION) or current_app.config["DATABASE_STATEMENT_TIMEOUT_MS"])
+
+
+def can_create_alone() -> bool:
+    """Whether create_alone() can run here (PostgreSQL: data-modifying WITH)."""
+    return db.engine.dialect.name == "postgresql"
+
+
+def create_alone(draft: Company, latency_ms: float) -> CompanyWrite | None:
+    """The creation of a delivered account's company in one statement (PostgreSQL, see can_create_alone): the
+    company as `draft` stands (never added to a session: its services were provisioned before, and its status set
+    by them), the delivery's sync event and, when ready, the outbox row owed for it, committed together in one
+    round trip; then announced, as every write is. Returns the write (`snapshots` holds the company), or None when
+    the account already has a company (nothing written). Raises SQLAlchemyError, with nothing written, when the
+    database cannot take it."""
+    write = CompanyWrite()
+    token = _current_write.set(write)
+    try:
+        parameters = {column: getattr(draft, column) for column in CREATED_ALONE_COLUMNS}
+        parameters["provisioning_attempts"] = draft.provisioning_attempts or 0
+        row = run_alone(CREATE_ALONE, {**parameters, "latency_ms": round(latency_ms, 3)}, host_statement_timeout_ms())
+    finally:
+        _current_write.reset(token)
+    if row is None:
+        return None
+    snapshot = CompanySnapshot.of(row)
+    write.snapshots, write.inserted = {row.id: snapshot}, {row.id}
+    write.owed = [(row.id, snapshot)] if row.provisioning_status == "ready" else []
+    _after_commit(write)
+    return write
 
 
 def _after_commit(write: CompanyWrite) -> None:
@@ -362,17 +360,20 @@ SET_INSERT = select(Company).from_statement(
 )
 
 
-_COMPANY_COLUMNS = Company.__table__.columns.keys()
-INSERT_WITH_FIRST_SYNC = select(Company, column("first_sync_event_id", BigInteger)).from_statement(
-    text(
-        f"WITH company AS (INSERT INTO companies ({', '.join(ROW_COLUMNS[:6])}, provisioning_attempts, chatwoot_status, created_at, updated_at)"
-        f" VALUES ({', '.join(':' + column for column in ROW_COLUMNS[:6])}, 0, :chatwoot_status, :created_at, :updated_at)"
-        " ON CONFLICT DO NOTHING RETURNING *),"
-        f" event AS (INSERT INTO {SyncEvent.__tablename__} (chatwoot_account_id, company_id, outcome, created, latency_ms, created_at)"
-        "  SELECT chatwoot_account_id, company_id, 'success', true, :latency_ms, created_at FROM company RETURNING id),"
-        f" owed AS (INSERT INTO {TenantAnnouncement.__tablename__} (company_pk, created_at) SELECT id, created_at FROM company)"
-        f" SELECT {', '.join('company.' + name for name in _COMPANY_COLUMNS)}, event.id AS first_sync_event_id FROM company, event"
-    ).columns(*Company.__table__.columns, column("first_sync_event_id", BigInteger))
+CREATED_ALONE_COLUMNS = (
+    "company_id", "company_name", "chatwoot_account_id", "redis_prefix", "vectorstore_index", "provisioning_status",
+    "provisioning_error", "provisioning_attempts", "next_provisioning_at", "chatwoot_status", "created_at", "updated_at",
+)
+# the company, its first sync event (with the error its services met, if any) and the outbox row when it is ready:
+# data-modifying WITH clauses all run, once, in the one statement; nothing is written for an account that has one
+CREATE_ALONE = text(
+    f"WITH company AS (INSERT INTO companies ({', '.join(CREATED_ALONE_COLUMNS)})"
+    f" VALUES ({', '.join(':' + column for column in CREATED_ALONE_COLUMNS)}) ON CONFLICT DO NOTHING RETURNING *),"
+    f" event AS (INSERT INTO {SyncEvent.__tablename__} (chatwoot_account_id, company_id, outcome, created, latency_ms, error, created_at)"
+    "  SELECT chatwoot_account_id, company_id, 'success', true, :latency_ms, provisioning_error, created_at FROM company),"
+    f" owed AS (INSERT INTO {TenantAnnouncement.__tablename__} (company_pk, created_at)"
+    "  SELECT id, created_at FROM company WHERE provisioning_status = 'ready')"
+    f" SELECT {', '.join('company.' + name for name in Company.__table__.columns.keys())} FROM company"
 )
 
 

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import redis
-from sqlalchemy import func, insert, select, true, update
+from sqlalchemy import func, insert, select, true
 
 from multibackend.extensions import conflict_aware_insert, db, get_redis
 from multibackend.logging_setup import printable
@@ -26,11 +26,10 @@ FOLD_LOCK_KEY = 4242003
 
 def add_sync_event(
     account_id: int, company_id: str | None, outcome: str, created: bool, latency_ms: float, error: str | None = None
-) -> int:
-    """Write one sync event in the current transaction (a plain INSERT, no unit of work); the caller commits.
-    Returns its id."""
-    return db.session.execute(
-        insert(SyncEvent.__table__).returning(SyncEvent.id),
+) -> None:
+    """Write one sync event in the current transaction (a plain INSERT, no unit of work); the caller commits."""
+    db.session.execute(
+        insert(SyncEvent.__table__),
         {
             "chatwoot_account_id": str(account_id),
             "company_id": company_id,
@@ -40,12 +39,7 @@ def add_sync_event(
             "error": error,
             "created_at": utcnow(),
         },
-    ).scalar_one()
-
-
-def record_event_error(event_id: int, error: str) -> None:
-    """Add the error a sync met after its event was written (in the same transaction)."""
-    db.session.execute(update(SyncEvent.__table__).where(SyncEvent.id == event_id).values(error=error))
+    )
 
 
 def record_failed_sync(account_id: int, latency_ms: float, error: str) -> None:

@@ -13,10 +13,18 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from multibackend.clock import iso_utc
-from multibackend.extensions import db, get_redis, read_one
+from multibackend.extensions import db, get_redis, is_transient, run_alone
 from multibackend.models import Company, CompanySnapshot
 from multibackend.services import sync_metrics
-from multibackend.services.companies import CompanyWrite, company_row, company_write, record_failed_attempt, tenant_provisioned
+from multibackend.services.companies import (
+    CompanyWrite,
+    can_create_alone,
+    company_row,
+    company_write,
+    create_alone,
+    record_failed_attempt,
+    tenant_provisioned,
+)
 from multibackend.services.tenant_naming import tenant_key, tenant_names
 
 logger = logging.getLogger(__name__)
@@ -38,41 +46,70 @@ def provision_account(
 ) -> ProvisioningResult:
     """Create the company if absent and bring its tenant services up; safe to re-run, one commit.
 
-    Raises SQLAlchemyError, with nothing written, when the database cannot take the write."""
+    A delivery (record_sync) of a new account on PostgreSQL takes one Redis pipeline and one statement
+    (create_alone); anything else takes the general write. Raises SQLAlchemyError, with nothing written (a
+    namespace written for a company the database then refused is removed again), when the database cannot take it."""
     started = time.perf_counter()
     names = tenant_names(account_id)
     logger.info("[Chatwoot Sync] Creating company: %s", names.company_id)
     try:
-        with company_write() as write:
-            company, created = _company_for(write, account_id, company_name, chatwoot_status, started if record_sync else None)
-            redis_step = provision_services([company]) if created or not company.is_ready else "unchanged"
-            if record_sync and not created:
-                sync_metrics.add_sync_event(
-                    account_id, company.company_id, "success", False, _elapsed_ms(started), company.provisioning_error
-                )
+        fast = record_sync and can_create_alone()
+        result = _create_alone(account_id, company_name, chatwoot_status, started) if fast else None
+        if result is None:
+            result = _provision_in_write(account_id, company_name, chatwoot_status, started if record_sync else None, namespace_written=fast)
     except SQLAlchemyError as exc:
         logger.error(
             "[Chatwoot Sync] Error: database error (%s) while creating %s", type(exc).__name__, names.company_id,
             extra={"account_id": account_id, "outcome": "database_error"},
         )
         raise
+    _log_outcome(result.company, result.created)
+    return result
+
+
+def _create_alone(account_id: int, company_name: str, chatwoot_status: str, started: float) -> ProvisioningResult | None:
+    """Services first (one pipeline), then the company with its sync event in one statement; None when the account
+    already has a company."""
+    draft = Company(**company_row(account_id, company_name, chatwoot_status))
+    redis_step = provision_services([draft])
+    try:
+        write = create_alone(draft, _elapsed_ms(started))
+    except SQLAlchemyError as exc:
+        if redis_step == "ready" and not is_transient(exc):  # a replay would fail the same way: leave nothing
+            forget_namespace(draft)
+        raise
+    if write is None:
+        return None
+    snapshot = next(iter(write.snapshots.values()))
+    if write.unannounced:  # a receiver failed: the company is pending again
+        snapshot = find_company(account_id) or snapshot
+    return ProvisioningResult(snapshot, True, redis_step)
+
+
+def _provision_in_write(
+    account_id: int, company_name: str, chatwoot_status: str, sync_started: float | None, namespace_written: bool
+) -> ProvisioningResult:
+    with company_write() as write:
+        company, created = _company_for(write, account_id, company_name, chatwoot_status)
+        if created or not company.is_ready:
+            redis_step = provision_services([company])
+        else:
+            redis_step = "unchanged"
+            if namespace_written:  # by a delivery that lost the race: the company's own values win
+                restore_namespace(company)
+        if sync_started is not None:
+            sync_metrics.add_sync_event(
+                account_id, company.company_id, "success", created, _elapsed_ms(sync_started), company.provisioning_error
+            )
     snapshot = write.snapshot(company) if not write.unannounced else CompanySnapshot.of(company)
-    _log_outcome(snapshot, created)
     return ProvisioningResult(snapshot, created, redis_step)
 
 
-def _company_for(
-    write: CompanyWrite, account_id: int, company_name: str, chatwoot_status: str, sync_started: float | None
-) -> tuple[Company, bool]:
-    """The account's company, inserted if absent: exactly one row per account, whatever runs concurrently. With
-    sync_started, a company this call inserts comes with its sync event (the delivery's)."""
-    row = company_row(account_id, company_name, chatwoot_status)
-    if sync_started is not None:
-        inserted = write.insert_with_first_sync(row, _elapsed_ms(sync_started))
-        if inserted is not None:
-            return inserted, True
-    elif inserted_rows := write.insert_if_absent([row]):
-        return inserted_rows[0], True
+def _company_for(write: CompanyWrite, account_id: int, company_name: str, chatwoot_status: str) -> tuple[Company, bool]:
+    """The account's company, inserted if absent: exactly one row per account, whatever runs concurrently."""
+    inserted = write.insert_if_absent([company_row(account_id, company_name, chatwoot_status)])
+    if inserted:
+        return inserted[0], True
     existing = db.session.scalar(select(Company).where(Company.chatwoot_account_id == str(account_id)))
     if existing is None:  # the row that conflicted is a different account's company_id: never expected
         raise LookupError(f"company {tenant_names(account_id).company_id} conflicts with another account")
@@ -93,7 +130,7 @@ FIND_COMPANY = select(
 
 def find_company(account_id: int) -> CompanySnapshot | None:
     """The company of a Chatwoot account, or None: one round trip, no transaction to open or close."""
-    row = read_one(FIND_COMPANY, {"account_id": str(account_id)})
+    row = run_alone(FIND_COMPANY, {"account_id": str(account_id)})
     return CompanySnapshot.of(row) if row is not None else None
 
 
@@ -142,6 +179,33 @@ def write_tenant_namespace(pipeline: Any, company: Company) -> None:
         },
     )
     pipeline.sadd(VECTORSTORE_REGISTRY_KEY, company.vectorstore_index)
+
+
+def restore_namespace(company: Company) -> None:
+    """Write the company's namespace again from its row (best effort: reconcile restores what this misses)."""
+    client = get_redis()
+    if client is None:
+        return
+    try:
+        pipeline = client.pipeline(transaction=False)
+        write_tenant_namespace(pipeline, company)
+        pipeline.execute()
+    except redis.RedisError as exc:
+        logger.warning("[Chatwoot Sync] Namespace of %s left to reconcile (%s)", company.company_id, type(exc).__name__)
+
+
+def forget_namespace(company: Company) -> None:
+    """Remove the namespace written for a company the database refused (best effort)."""
+    client = get_redis()
+    if client is None:
+        return
+    try:
+        pipeline = client.pipeline(transaction=False)
+        pipeline.delete(tenant_key_of(company))
+        pipeline.srem(VECTORSTORE_REGISTRY_KEY, company.vectorstore_index)
+        pipeline.execute()
+    except redis.RedisError as exc:
+        logger.warning("[Chatwoot Sync] Namespace of refused %s not removed (%s)", company.company_id, type(exc).__name__)
 
 
 def tenant_key_of(company: Any) -> str:
