@@ -49,6 +49,11 @@ OWE_ANNOUNCEMENT = text(
     " ON CONFLICT DO NOTHING"
 )
 
+OWE_ANNOUNCEMENTS = text(
+    f"INSERT INTO {TenantAnnouncement.__tablename__} (company_pk, created_at)"
+    " SELECT unnest(CAST(:company_pks AS bigint[])), :created_at ON CONFLICT DO NOTHING"
+)
+
 _current_write: ContextVar[CompanyWrite | None] = ContextVar("multibackend_company_write", default=None)
 
 
@@ -117,7 +122,10 @@ class CompanyWrite:
         ]
         if self.owed and not self.dry_run:
             now = utcnow()
-            db.session.execute(OWE_ANNOUNCEMENT, [{"company_pk": pk, "created_at": now} for pk, _ in self.owed])
+            if db.session.get_bind().dialect.name == "postgresql":  # one statement however many (arrays)
+                db.session.execute(OWE_ANNOUNCEMENTS, {"company_pks": [pk for pk, _ in self.owed], "created_at": now})
+            else:
+                db.session.execute(OWE_ANNOUNCEMENT, [{"company_pk": pk, "created_at": now} for pk, _ in self.owed])
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import ContextManager
+from typing import Any, ContextManager
 
 import redis
 from flask import current_app
@@ -54,6 +54,8 @@ class ReconcileSummary:
     tabs_updated: int = 0
     failed: int = 0
     problems: list[str] = field(default_factory=list)
+    #: companies whose namespace this run has just written (restore_namespaces need not read Redis for them)
+    written_namespaces: set[int] = field(default_factory=set, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -181,6 +183,7 @@ def _apply_accounts(batch: list[ChatwootAccount], summary: ReconcileSummary, dry
             return
         created = write.insert_if_absent(missing)
         tenant_provisioning.provision_services(created)
+        summary.written_namespaces.update(company.id for company in created if company.is_ready)
     if created:  # one line per batch: a backfill of thousands must not spend its time logging
         ids = [write.snapshot(company).company_id for company in created]
         shown = ", ".join(ids[:LOGGED_IDS]) + (f" and {len(ids) - LOGGED_IDS} more" if len(ids) > LOGGED_IDS else "")
@@ -275,6 +278,7 @@ def finish_provisioning(summary: ReconcileSummary, dry_run: bool, progress: Prog
             )
             if batch and not dry_run:
                 tenant_provisioning.provision_services(batch)
+                summary.written_namespaces.update(company.id for company in batch if company.is_ready)
         if not batch:
             break
         last_id = batch[-1].id
@@ -349,7 +353,7 @@ def fold_metrics(summary: ReconcileSummary, dry_run: bool, progress: Progress) -
 
 def restore_namespaces(summary: ReconcileSummary, dry_run: bool, progress: Progress) -> None:
     """Rewrite every ready Chatwoot company's Redis namespace that is missing or differs from PostgreSQL (Redis is
-    derived)."""
+    derived); the ones this run has just written are not read back."""
     client = get_redis()
     if client is None:
         return
@@ -358,7 +362,7 @@ def restore_namespaces(summary: ReconcileSummary, dry_run: bool, progress: Progr
     with progress("Redis namespaces", total) as advance:
         while batch := _ready_companies_after(last_id):
             last_id = batch[-1].id
-            stale = _stale_namespaces(client, batch)
+            stale = _stale_namespaces(client, [company for company in batch if company.id not in summary.written_namespaces])
             if stale and not dry_run:
                 pipeline = client.pipeline(transaction=False)
                 for company in stale:
@@ -366,13 +370,20 @@ def restore_namespaces(summary: ReconcileSummary, dry_run: bool, progress: Progr
                 pipeline.execute()
             summary.restored += len(stale)
             advance(len(batch))
-            _let_go(batch)
+    db.session.rollback()
 
 
-def _ready_companies_after(last_id: int) -> list[Company]:
+NAMESPACE_COLUMNS = (
+    Company.id, Company.company_id, Company.company_name, Company.chatwoot_account_id, Company.redis_prefix,
+    Company.vectorstore_index, Company.chatwoot_status, Company.created_at,
+)
+
+
+def _ready_companies_after(last_id: int) -> list[Any]:
+    """The next batch of ready Chatwoot companies, as plain rows (what a namespace holds; no ORM objects)."""
     return list(
-        db.session.scalars(
-            select(Company)
+        db.session.execute(
+            select(*NAMESPACE_COLUMNS)
             .where(Company.provisioning_status == "ready", Company.chatwoot_account_id.is_not(None), Company.id > last_id)
             .order_by(Company.id)
             .limit(current_app.config["RECONCILE_BATCH_SIZE"])
@@ -380,7 +391,9 @@ def _ready_companies_after(last_id: int) -> list[Company]:
     )
 
 
-def _stale_namespaces(client: redis.Redis, companies: list[Company]) -> list[Company]:
+def _stale_namespaces(client: redis.Redis, companies: list[Any]) -> list[Any]:
+    if not companies:
+        return []
     pipeline = client.pipeline(transaction=False)
     for company in companies:
         pipeline.hmget(tenant_provisioning.tenant_key_of(company), "company_name", "chatwoot_status")

@@ -151,7 +151,8 @@ def provision_services(companies: Sequence[Company]) -> str:
     try:
         pipeline = client.pipeline(transaction=False)
         for company in companies:
-            write_tenant_namespace(pipeline, company)
+            write_tenant_namespace(pipeline, company, register_index=False)
+        pipeline.sadd(VECTORSTORE_REGISTRY_KEY, *(company.vectorstore_index for company in companies))
         sync_metrics.forget_shared_metrics(pipeline)
         pipeline.execute()
     except redis.RedisError as exc:
@@ -165,8 +166,9 @@ def provision_services(companies: Sequence[Company]) -> str:
     return "ready"
 
 
-def write_tenant_namespace(pipeline: Any, company: Company) -> None:
-    """Queue on a Redis pipeline: create or refresh `<prefix>tenant` and register the index name; idempotent."""
+def write_tenant_namespace(pipeline: Any, company: Company, register_index: bool = True) -> None:
+    """Queue on a Redis pipeline: create or refresh `<prefix>tenant` and register the index name (unless the caller
+    registers a batch's in one SADD); idempotent."""
     pipeline.hset(
         tenant_key_of(company),
         mapping={
@@ -178,7 +180,8 @@ def write_tenant_namespace(pipeline: Any, company: Company) -> None:
             "created_at": iso_utc(company.created_at) or "",
         },
     )
-    pipeline.sadd(VECTORSTORE_REGISTRY_KEY, company.vectorstore_index)
+    if register_index:
+        pipeline.sadd(VECTORSTORE_REGISTRY_KEY, company.vectorstore_index)
 
 
 def restore_namespace(company: Company) -> None:
