@@ -69,6 +69,16 @@ def test_a_company_whose_services_fail_owes_no_announcement_and_its_sync_keeps_t
     assert count_rows(clean_database, "chatwoot_sync_events WHERE created AND error LIKE 'Redis unavailable%'") == 1
 
 
+def test_nothing_is_owed_while_no_receiver_is_connected(make_app, clean_database):
+    client = make_app().test_client()
+    assert not tenant_provisioned.receivers
+    client.post("/api/chatwoot/webhooks/account-created", json={"id": 1, "name": "One"})
+    assert count_rows(clean_database, "chatwoot_tenant_announcements") == 0
+    with tenant_provisioned.connected_to(lambda sender, company: (_ for _ in ()).throw(SystemExit())), pytest.raises(SystemExit):
+        client.post("/api/chatwoot/webhooks/account-created", json={"id": 2, "name": "Two"})
+    assert count_rows(clean_database, "chatwoot_tenant_announcements") == 1  # owed: a receiver was connected
+
+
 def test_only_companies_that_became_ready_are_announced(app):
     announced = []
     with app.app_context(), tenant_provisioned.connected_to(lambda sender, company: announced.append(company.company_id)):

@@ -71,6 +71,7 @@ class CompanyWrite:
     removed_accounts: set[str] = field(default_factory=set)
     forget_every_answer: bool = False
     inserted: set[int] = field(default_factory=set)
+    outbox_written: bool = False  # rows owed in this commit (none while no receiver is connected)
     snapshots: dict[int, CompanySnapshot] = field(default_factory=dict)
     owed: list[tuple[int, CompanySnapshot]] = field(default_factory=list)
     announced: list[CompanySnapshot] = field(default_factory=list)
@@ -120,7 +121,8 @@ class CompanyWrite:
             for key, company in self.changed.items()
             if company.is_ready and not self.ready_before[key] and company.chatwoot_account_id
         ]
-        if self.owed and not self.dry_run:
+        if self.owed and not self.dry_run and tenant_provisioned.receivers:  # nobody to announce to: nothing owed
+            self.outbox_written = True
             now = utcnow()
             if db.session.get_bind().dialect.name == "postgresql":  # one statement however many (arrays)
                 db.session.execute(OWE_ANNOUNCEMENTS, {"company_pks": [pk for pk, _ in self.owed], "created_at": now})
@@ -192,7 +194,8 @@ def create_alone(draft: Company, latency_ms: float) -> CompanyWrite | None:
     try:
         parameters = {column: getattr(draft, column) for column in CREATED_ALONE_COLUMNS}
         parameters["provisioning_attempts"] = draft.provisioning_attempts or 0
-        row = run_alone(CREATE_ALONE, {**parameters, "latency_ms": round(latency_ms, 3)}, host_statement_timeout_ms())
+        owe = bool(tenant_provisioned.receivers)  # nobody to announce to: nothing owed
+        row = run_alone(CREATE_ALONE, {**parameters, "latency_ms": round(latency_ms, 3), "owe": owe}, host_statement_timeout_ms())
     finally:
         _current_write.reset(token)
     if row is None:
@@ -200,6 +203,7 @@ def create_alone(draft: Company, latency_ms: float) -> CompanyWrite | None:
     snapshot = CompanySnapshot.of(row)
     write.snapshots, write.inserted = {row.id: snapshot}, {row.id}
     write.owed = [(row.id, snapshot)] if row.provisioning_status == "ready" else []
+    write.outbox_written = owe and bool(write.owed)
     _after_commit(write)
     return write
 
@@ -212,12 +216,12 @@ def _after_commit(write: CompanyWrite) -> None:
         if snapshot.chatwoot_account_id and key not in write.inserted
     }
     lookup_cache.publish(None if write.forget_every_answer else changed | write.removed_accounts)
-    write.announced, write.unannounced = _announce(write.owed)
+    write.announced, write.unannounced = _announce(write.owed, settle=write.outbox_written)
 
 
-def _announce(owed: Sequence[tuple[int, CompanySnapshot]]) -> tuple[list[CompanySnapshot], list[CompanySnapshot]]:
-    """Send tenant_provisioned for each owed company, then settle its outbox row; a failing receiver leaves that
-    company pending, with the reason, for a retry. Returns (announced, not announced)."""
+def _announce(owed: Sequence[tuple[int, CompanySnapshot]], settle: bool = True) -> tuple[list[CompanySnapshot], list[CompanySnapshot]]:
+    """Send tenant_provisioned for each owed company, then settle its outbox row (if one was written); a failing
+    receiver leaves that company pending, with the reason, for a retry. Returns (announced, not announced)."""
     if not owed:
         return [], []
     app = current_app._get_current_object()
@@ -233,7 +237,7 @@ def _announce(owed: Sequence[tuple[int, CompanySnapshot]]) -> tuple[list[Company
             failed.append((pk, snapshot, reason))
     if failed:
         _record_failed_announcements(failed, [pk for pk, _ in sent])
-    else:
+    elif settle:
         _settle_announcements([pk for pk, _ in sent])
     return [snapshot for _, snapshot in sent], [snapshot for _, snapshot, _ in failed]
 
@@ -372,7 +376,8 @@ CREATED_ALONE_COLUMNS = (
     "company_id", "company_name", "chatwoot_account_id", "redis_prefix", "vectorstore_index", "provisioning_status",
     "provisioning_error", "provisioning_attempts", "next_provisioning_at", "chatwoot_status", "created_at", "updated_at",
 )
-# the company, its first sync event (with the error its services met, if any) and the outbox row when it is ready:
+# the company, its first sync event (with the error its services met, if any) and the outbox row when it is ready
+# and a receiver is connected:
 # data-modifying WITH clauses all run, once, in the one statement; nothing is written for an account that has one
 CREATE_ALONE = text(
     f"WITH company AS (INSERT INTO companies ({', '.join(CREATED_ALONE_COLUMNS)})"
@@ -380,7 +385,7 @@ CREATE_ALONE = text(
     f" event AS (INSERT INTO {SyncEvent.__tablename__} (chatwoot_account_id, company_id, outcome, created, latency_ms, error, created_at)"
     "  SELECT chatwoot_account_id, company_id, 'success', true, :latency_ms, provisioning_error, created_at FROM company),"
     f" owed AS (INSERT INTO {TenantAnnouncement.__tablename__} (company_pk, created_at)"
-    "  SELECT id, created_at FROM company WHERE provisioning_status = 'ready')"
+    "  SELECT id, created_at FROM company WHERE provisioning_status = 'ready' AND :owe)"
     f" SELECT {', '.join('company.' + name for name in Company.__table__.columns.keys())} FROM company"
 )
 
