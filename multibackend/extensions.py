@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import redis
 from flask import Flask, current_app
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import Engine
+from sqlalchemy import Engine, any_, bindparam
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -107,6 +107,14 @@ def conflict_aware_insert(table: Any) -> Any:
     """An INSERT that supports ON CONFLICT on the bound database (PostgreSQL in production, SQLite embedded)."""
     dialect = db.session.get_bind().dialect.name
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
+def one_of(column: Any, values: list[Any]) -> Any:
+    """`column IN values`; on PostgreSQL `column = ANY(array)`, one parameter however many values (an IN of
+    thousands of placeholders costs more to convert than to run)."""
+    if db.session.get_bind().dialect.name != "postgresql":
+        return column.in_(values)
+    return column == any_(bindparam(None, values, type_=postgresql.ARRAY(column.type)))
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -10,6 +10,7 @@ tests watch every statement for writes that bypass this module."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from contextvars import ContextVar
@@ -25,7 +26,7 @@ from sqlalchemy.orm import ORMExecuteState, Session
 
 from multibackend.background import BackgroundBatches
 from multibackend.clock import utcnow
-from multibackend.extensions import db, run_alone
+from multibackend.extensions import db, one_of, run_alone
 from multibackend.models import Company, CompanySnapshot, SyncEvent, TenantAnnouncement
 from multibackend.services import lookup_cache
 from multibackend.services.tenant_naming import tenant_names
@@ -83,7 +84,7 @@ class CompanyWrite:
         if not rows:
             return []
         if len(rows) > SET_BASED_FROM and db.session.get_bind().dialect.name == "postgresql":
-            statement, parameters = SET_INSERT, {column: [row[column] for row in rows] for column in ROW_COLUMNS}
+            statement, parameters = SET_INSERT, {"rows": json.dumps([{column: row[column] for column in ROW_COLUMNS} for row in rows], default=_json_value)}
         else:
             statement, parameters = _insert_statement(len(rows)), _flatten(rows)
         inserted = list(db.session.scalars(statement, parameters, execution_options={WRITE_PATH_OPTION: True}))
@@ -360,22 +361,27 @@ def _insert_statement(count: int) -> Any:
     return statement
 
 
-SET_BASED_FROM = 8  # more rows than this: one set-based statement of constant text (arrays, unnest)
+SET_BASED_FROM = 8  # more rows than this: one set-based statement of constant text (the rows as one JSON value)
 SET_INSERT = select(Company).from_statement(
     text(
         f"INSERT INTO companies ({', '.join(ROW_COLUMNS[:6])}, provisioning_attempts, chatwoot_status, created_at, updated_at)"
-        " SELECT c1, c2, c3, c4, c5, c6, 0, c7, c8, c9 FROM unnest("
-        + ", ".join(f"CAST(:{column} AS {'timestamptz' if column.endswith('_at') else 'text'}[])" for column in ROW_COLUMNS)
-        + ") AS r(c1, c2, c3, c4, c5, c6, c7, c8, c9)"
-        f" ON CONFLICT DO NOTHING RETURNING {', '.join(Company.__table__.columns.keys())}"
+        f" SELECT {', '.join(ROW_COLUMNS[:6])}, 0, {', '.join(ROW_COLUMNS[6:])} FROM json_to_recordset(CAST(:rows AS json)) AS r("
+        + ", ".join(f"{column} {'timestamptz' if column.endswith('_at') else 'text'}" for column in ROW_COLUMNS)
+        + f") ON CONFLICT DO NOTHING RETURNING {', '.join(Company.__table__.columns.keys())}"
     )
 )
+
+
+def _json_value(value: Any) -> str:
+    """Datetimes in the JSON of SET_INSERT (ISO 8601, which PostgreSQL reads as timestamptz)."""
+    return value.isoformat()
 
 
 CREATED_ALONE_COLUMNS = (
     "company_id", "company_name", "chatwoot_account_id", "redis_prefix", "vectorstore_index", "provisioning_status",
     "provisioning_error", "provisioning_attempts", "next_provisioning_at", "chatwoot_status", "created_at", "updated_at",
 )
+
 # the company, its first sync event (with the error its services met, if any) and the outbox row when it is ready
 # and a receiver is connected:
 # data-modifying WITH clauses all run, once, in the one statement; nothing is written for an account that has one
@@ -433,4 +439,4 @@ def _writes_table(statement: Any) -> bool:
 def companies_in(account_ids: Iterable[str]) -> dict[str, Company]:
     """The companies of these Chatwoot accounts, by account id (for a write to change)."""
     ids = list(account_ids)
-    return {company.chatwoot_account_id: company for company in db.session.scalars(select(Company).where(Company.chatwoot_account_id.in_(ids)))}
+    return {company.chatwoot_account_id: company for company in db.session.scalars(select(Company).where(one_of(Company.chatwoot_account_id, ids)))}
