@@ -82,9 +82,10 @@ SCENARIOS: tuple[Scenario, ...] = (
         lambda c: RequestSpec("GET", LOOKUP_PATH, id_mode="random", id_low=1, id_high=min(HIT_SPREAD, c.companies)),
         also_on_small_dataset=True, also_on_large_dataset=True,
     ),
-    Scenario(
+    Scenario(  # every one reads PostgreSQL: on 1k and 1M companies too, the table's size alone compared
         "lookup-miss", "app",
         lambda c: RequestSpec("GET", LOOKUP_PATH, id_mode="random", id_low=c.companies + 1, id_high=MISS_MAX),
+        also_on_small_dataset=True, also_on_large_dataset=True,
     ),
     Scenario("webhook-new", "app", _webhook_new),
     # a burst of new-account webhooks before each measured run, so the events are not folded into the totals yet
@@ -138,9 +139,12 @@ def _p99(name: str, limit_ms: float) -> Budget:
     return Budget(f"{name} p99 <= {limit_ms:g} ms", lambda rows: rows[name].p99_ms, limit_ms, at_most=True, unit=" ms")
 
 
-def _p50_against_small(rows: Mapping[str, Row]) -> float:
-    large = rows.get(f"lookup-hit{LARGE_SUFFIX}") or rows["lookup-hit"]
-    return large.p50_ms / rows[f"lookup-hit{SMALL_SUFFIX}"].p50_ms
+def _p50_against_small(name: str) -> Callable[[Mapping[str, Row]], float]:
+    def ratio(rows: Mapping[str, Row]) -> float:
+        large = rows.get(f"{name}{LARGE_SUFFIX}") or rows[name]
+        return large.p50_ms / rows[f"{name}{SMALL_SUFFIX}"].p50_ms
+
+    return ratio
 
 
 BUDGETS: tuple[Budget, ...] = (
@@ -154,6 +158,10 @@ BUDGETS: tuple[Budget, ...] = (
            at_most=True, unit=" s"),
     Budget(
         f"lookup-hit{LARGE_SUFFIX} p50 (1,000,000 companies) <= 1.2 x lookup-hit{SMALL_SUFFIX} p50",
-        _p50_against_small, 1.2, at_most=True, unit="x",
+        _p50_against_small("lookup-hit"), 1.2, at_most=True, unit="x",
+    ),
+    Budget(  # not the issue's: the same comparison where both sizes read PostgreSQL (nothing is held)
+        f"lookup-miss{LARGE_SUFFIX} p50 (1,000,000 companies) <= 1.2 x lookup-miss{SMALL_SUFFIX} p50",
+        _p50_against_small("lookup-miss"), 1.2, at_most=True, unit="x",
     ),
 )

@@ -94,14 +94,24 @@ def register_routing_errors(app: Flask, prefixes: tuple[str, ...]) -> None:
     for rule in app.url_map.iter_rules():
         if rule.rule.startswith(prefixes):
             rule.merge_slashes = False  # werkzeug would answer 308 with an absolute URL built from Host
-    app.after_request(_json_headers_under(prefixes))
+    covered = app.extensions.get(JSON_HEADER_PREFIXES)
+    if covered is None:  # one hook per app, whatever the number of prefixes (each hook costs every request)
+        covered = app.extensions[JSON_HEADER_PREFIXES] = []
+        app.after_request(_json_headers_under(covered))
+    covered.extend(prefix for prefix in prefixes if prefix not in covered)
 
 
-def _json_headers_under(prefixes: tuple[str, ...]) -> Callable[[Response], Response]:
+JSON_HEADER_PREFIXES = "multibackend.json_header_prefixes"
+
+
+def _json_headers_under(prefixes: list[str]) -> Callable[[Response], Response]:
     def json_headers(response: Response) -> Response:
-        if response.mimetype == "application/json" and request.path.startswith(prefixes):
-            response.headers.setdefault("Cache-Control", "no-store")
-            response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        if request.path.startswith(tuple(prefixes)) and response.mimetype == "application/json":
+            headers = response.headers
+            if "Cache-Control" not in headers:
+                headers["Cache-Control"] = "no-store"
+            if "X-Content-Type-Options" not in headers:
+                headers["X-Content-Type-Options"] = "nosniff"
         return response
 
     return json_headers

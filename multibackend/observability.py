@@ -26,7 +26,7 @@ LOOKUP_SECONDS = Histogram(
 
 
 def start_clock() -> None:
-    """Blueprint before_request: the moment the request reached our views, for the duration histograms."""
+    """The moment the request reached our views (the blueprint's before_request), for the duration histograms."""
     g.chatwoot_request_started = time.perf_counter()
 
 

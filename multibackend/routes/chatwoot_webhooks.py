@@ -33,15 +33,21 @@ from multibackend.services import company_lookup, deliveries, sync_metrics
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("chatwoot_webhooks", __name__)
-bp.before_request(observability.start_clock)
 bp.register_blueprint(pages_bp)
 
 
 @bp.before_request
+def start_request() -> None:
+    """Start the request's clock (duration histograms) and bound the body of what has one (one hook: each costs)."""
+    observability.start_clock()
+    if request.method == "POST":
+        limit_body_size()
+
+
 def limit_body_size() -> None:
     """413 for a body over the limit, whether it announces its length or comes in chunks."""
     request.max_content_length = limit = current_app.config["CHATWOOT_WEBHOOK_MAX_BODY_BYTES"]
-    if request.content_length is None and request.method == "POST":
+    if request.content_length is None:
         # werkzeug stops reading a chunked body at the limit without saying so: one byte more means too large
         if len(request.get_data(cache=True)) >= limit and request.input_stream.read(1):
             raise RequestEntityTooLarge()
