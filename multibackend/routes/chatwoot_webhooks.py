@@ -122,7 +122,8 @@ def company(account_id: str) -> Response:
 @require_operator
 def metrics() -> Response:
     """Sync totals, success rate, latency and recent errors shared by every worker, at most 1 s old (operators only)."""
-    return jsonify(success_answer(metrics_response_schema, sync_metrics.shared_sync_metrics()))
+    answer = sync_metrics.shared_answer(lambda metrics: json.dumps(success_answer(metrics_response_schema, metrics)))
+    return Response(answer, mimetype="application/json")
 
 
 @bp.get("/openapi.json")

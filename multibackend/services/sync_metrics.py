@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -186,32 +186,32 @@ SHARED_METRICS_LOCK_KEY = f"{SHARED_METRICS_KEY}:refreshing"
 SHARED_METRICS_SECONDS = 1.0
 
 
-def shared_sync_metrics() -> dict[str, Any]:
-    """sync_metrics() as any worker or instance computed it less than SHARED_METRICS_SECONDS ago (one Redis GET);
-    once they are half that old one request (a Redis lock) computes them again for everyone. Without Redis, or
-    when it fails, computed for this request. Deliveries drop them (forget_shared_metrics) in their own pipeline."""
+def shared_answer(render: Callable[[dict[str, Any]], str]) -> str:
+    """render(sync_metrics()) as any worker or instance made it less than SHARED_METRICS_SECONDS ago (one Redis
+    GET, nothing recomputed or re-rendered); once it is half that old one request (a Redis lock) makes it again for
+    everyone. Without Redis, or when it fails, made for this request. Deliveries drop it (forget_shared_metrics)
+    in their own pipeline."""
     client = get_redis()
     if client is None:
-        return sync_metrics()
+        return render(sync_metrics())
     try:
-        cached = client.get(SHARED_METRICS_KEY)
-        shared = json.loads(cached) if cached else None
-        if shared is not None and (
-            time.time() - shared["at"] < SHARED_METRICS_SECONDS / 2
+        made_at, _, answer = (client.get(SHARED_METRICS_KEY) or "").partition("|")
+        if answer and (
+            time.time() - float(made_at) < SHARED_METRICS_SECONDS / 2
             or not client.set(SHARED_METRICS_LOCK_KEY, "1", nx=True, px=int(SHARED_METRICS_SECONDS * 1000))
         ):
-            return shared["metrics"]
-    except (redis.RedisError, ValueError, KeyError, TypeError):
-        return sync_metrics()
-    metrics = sync_metrics()
+            return answer
+    except (redis.RedisError, ValueError):
+        return render(sync_metrics())
+    answer = render(sync_metrics())
     try:
         pipeline = client.pipeline(transaction=False)
-        pipeline.set(SHARED_METRICS_KEY, json.dumps({"at": time.time(), "metrics": metrics}), px=int(SHARED_METRICS_SECONDS * 1000))
+        pipeline.set(SHARED_METRICS_KEY, f"{time.time():.6f}|{answer}", px=int(SHARED_METRICS_SECONDS * 1000))
         pipeline.delete(SHARED_METRICS_LOCK_KEY)
         pipeline.execute()
     except redis.RedisError:
         pass
-    return metrics
+    return answer
 
 
 def forget_shared_metrics(pipeline: Any) -> None:
