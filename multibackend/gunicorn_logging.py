@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+from functools import lru_cache
 from typing import Any
 
 from gunicorn.glogging import Logger as GunicornLogger
@@ -62,10 +64,24 @@ class MaskingGunicornLogger(GunicornLogger):
         self.access_log.info("%s %s", atoms["r"], atoms["s"], extra=fields)
 
     def atoms(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> dict[str, Any]:
+        """Gunicorn's atoms (every header and environ value among them), of which the ones a line shows (the
+        access format's, and the JSON line's) are masked: masking all of them cost a tenth of a lookup's time."""
         atoms = super().atoms(resp, req, environ, request_time)
-        for key, value in atoms.items():
+        for key in shown_atoms(self.cfg.access_log_format):
+            value = atoms.get(key)
             if key in ("{authorization}i", "{cookie}i"):
                 atoms[key] = "***"
             elif isinstance(value, str):
                 atoms[key] = printable(mask_secrets(value), limit=2000)
         return atoms
+
+
+JSON_ACCESS_ATOMS = ("h", "r", "s", "b", "M")
+
+
+@lru_cache(maxsize=8)
+def shown_atoms(access_log_format: str) -> frozenset[str]:
+    """The atoms an access line can show: the format's (headers and environ keys as gunicorn looks them up,
+    lower-cased) and the JSON line's."""
+    named = re.findall(r"%\(([^)]+)\)", access_log_format)
+    return frozenset([*JSON_ACCESS_ATOMS, *(name.lower() if name.startswith("{") else name for name in named)])

@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 
-QUERY_PARAMETER_PATTERN = re.compile(r"(^|[?&;])([^=&;\s\"]*)=([^&;\s\"]*)")
+QUERY_PARAMETER_PATTERN = re.compile(r"(^|[?&;])([^=&;?\s\"]*)=([^&;\s\"]*)")  # a name never spans a "?"
 SECRET_PARAMETERS = frozenset({"token", "sig", "secret", "password", "api_access_token"})
 #: every control (Cc), format (Cf: bidi overrides, zero-width characters) and line/paragraph separator character
 #: (Zl, Zp), Unicode 15; tests/test_hardening.py checks it against the running Python's unicodedata

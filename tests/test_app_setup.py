@@ -250,9 +250,29 @@ def test_procfile_runs_init_db_on_release_and_gunicorn_on_web():
         ("GET /x?TOKEN=abc;sig=def HTTP/1.1", "GET /x?TOKEN=***;sig=*** HTTP/1.1"),
         ("token=abc", "token=***"),
         ("GET /x?tokens=abc HTTP/1.1", "GET /x?tokens=abc HTTP/1.1"),
+        ("/api/chatwoot/webhooks/metrics?token=abc", "/api/chatwoot/webhooks/metrics?token=***"),  # a bare path
+        ("https://x/?token=abc", "https://x/?token=***"),
     ],
 )
 def test_access_log_masks_secret_query_parameters(line, masked):
     from multibackend.logging_setup import mask_secrets
 
     assert mask_secrets(line) == masked
+
+
+def test_access_lines_mask_what_a_custom_format_shows():
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    from gunicorn.config import Config
+
+    from multibackend.gunicorn_logging import MaskingGunicornLogger
+
+    config = Config()
+    config.set("access_log_format", '%(r)s %(s)s "%({Authorization}i)s" "%({Referer}i)s" %({X-Other}i)s')
+    logger = MaskingGunicornLogger(config)
+    request = SimpleNamespace(headers=[("AUTHORIZATION", "Basic c2VjcmV0"), ("REFERER", "https://x/?token=abc"), ("X-OTHER", "fine")])
+    environ = {"REQUEST_METHOD": "GET", "RAW_URI": "/api/chatwoot/webhooks/metrics?token=abc", "SERVER_PROTOCOL": "HTTP/1.1"}
+    atoms = logger.atoms(SimpleNamespace(status="200 OK", sent=2, headers=[]), request, environ, timedelta(milliseconds=3))
+    assert atoms["r"] == "GET /api/chatwoot/webhooks/metrics?token=*** HTTP/1.1"
+    assert (atoms["{authorization}i"], atoms["{referer}i"], atoms["{x-other}i"]) == ("***", "https://x/?token=***", "fine")
