@@ -89,6 +89,7 @@ def _create_alone(account_id: int, company_name: str, chatwoot_status: str, star
 def _provision_in_write(
     account_id: int, company_name: str, chatwoot_status: str, sync_started: float | None, namespace_written: bool
 ) -> ProvisioningResult:
+    """The general write (one company_write()): insert if absent, provision what is not ready, record the sync."""
     with company_write() as write:
         company, created = _company_for(write, account_id, company_name, chatwoot_status)
         if created or not company.is_ready:
