@@ -122,8 +122,13 @@ def company(account_id: str) -> Response:
 @require_operator
 def metrics() -> Response:
     """Sync totals, success rate, latency and recent errors shared by every worker, at most 1 s old (operators only)."""
-    answer = sync_metrics.shared_answer(lambda metrics: json.dumps(success_answer(metrics_response_schema, metrics)))
+    answer = sync_metrics.shared_answer(lambda metrics: compact_json(success_answer(metrics_response_schema, metrics)))
     return Response(answer, mimetype="application/json")
+
+
+def compact_json(value: Any) -> str:
+    """What jsonify would send (the app's JSON provider, sorted keys, no spaces), as text to keep."""
+    return current_app.json.dumps(value, separators=(",", ":"))
 
 
 @bp.get("/openapi.json")
