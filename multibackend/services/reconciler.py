@@ -365,8 +365,7 @@ def restore_namespaces(summary: ReconcileSummary, dry_run: bool, progress: Progr
             stale = _stale_namespaces(client, [company for company in batch if company.id not in summary.written_namespaces])
             if stale and not dry_run:
                 pipeline = client.pipeline(transaction=False)
-                for company in stale:
-                    tenant_provisioning.write_tenant_namespace(pipeline, company)
+                tenant_provisioning.write_tenant_namespaces(pipeline, stale)
                 pipeline.execute()
             summary.restored += len(stale)
             advance(len(batch))

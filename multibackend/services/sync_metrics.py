@@ -55,7 +55,7 @@ def record_failed_sync(account_id: int, latency_ms: float, error: str) -> None:
     client = get_redis()
     try:
         if client is not None:
-            client.delete(SHARED_METRICS_KEY)
+            forget_shared_metrics(client)
     except redis.RedisError:
         pass  # the shared metrics show it within SHARED_METRICS_SECONDS
 
@@ -215,7 +215,7 @@ def shared_answer(render: Callable[[dict[str, Any]], str]) -> str:
 
 
 def forget_shared_metrics(pipeline: Any) -> None:
-    """Queue on a Redis pipeline (one a delivery sends anyway): the next metrics request computes them afresh."""
+    """On a Redis pipeline (one a delivery sends anyway) or client: the next metrics request computes them afresh."""
     pipeline.delete(SHARED_METRICS_KEY)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,9 +151,7 @@ def provision_services(companies: Sequence[Company]) -> str:
         return "skipped"
     try:
         pipeline = client.pipeline(transaction=False)
-        for company in companies:
-            write_tenant_namespace(pipeline, company, register_index=False)
-        pipeline.sadd(VECTORSTORE_REGISTRY_KEY, *(company.vectorstore_index for company in companies))
+        write_tenant_namespaces(pipeline, companies)
         sync_metrics.forget_shared_metrics(pipeline)
         pipeline.execute()
     except redis.RedisError as exc:
@@ -167,49 +165,50 @@ def provision_services(companies: Sequence[Company]) -> str:
     return "ready"
 
 
-def write_tenant_namespace(pipeline: Any, company: Company, register_index: bool = True) -> None:
-    """Queue on a Redis pipeline: create or refresh `<prefix>tenant` and register the index name (unless the caller
-    registers a batch's in one SADD); idempotent."""
-    pipeline.hset(
-        tenant_key_of(company),
-        mapping={
-            "company_id": company.company_id,
-            "company_name": company.company_name,
-            "chatwoot_account_id": company.chatwoot_account_id or "",
-            "vectorstore_index": company.vectorstore_index,
-            "chatwoot_status": company.chatwoot_status or "active",
-            "created_at": iso_utc(company.created_at) or "",
-        },
-    )
-    if register_index:
-        pipeline.sadd(VECTORSTORE_REGISTRY_KEY, company.vectorstore_index)
+def write_tenant_namespaces(pipeline: Any, companies: Sequence[Any]) -> None:
+    """Queue on a Redis pipeline: create or refresh each company's `<prefix>tenant` hash, and register their index
+    names in one SADD; idempotent."""
+    for company in companies:
+        pipeline.hset(
+            tenant_key_of(company),
+            mapping={
+                "company_id": company.company_id,
+                "company_name": company.company_name,
+                "chatwoot_account_id": company.chatwoot_account_id or "",
+                "vectorstore_index": company.vectorstore_index,
+                "chatwoot_status": company.chatwoot_status or "active",
+                "created_at": iso_utc(company.created_at) or "",
+            },
+        )
+    pipeline.sadd(VECTORSTORE_REGISTRY_KEY, *(company.vectorstore_index for company in companies))
 
 
 def restore_namespace(company: Company) -> None:
     """Write the company's namespace again from its row (best effort: reconcile restores what this misses)."""
-    client = get_redis()
-    if client is None:
-        return
-    try:
-        pipeline = client.pipeline(transaction=False)
-        write_tenant_namespace(pipeline, company)
-        pipeline.execute()
-    except redis.RedisError as exc:
-        logger.warning("[Chatwoot Sync] Namespace of %s left to reconcile (%s)", company.company_id, type(exc).__name__)
+    _best_effort(lambda pipeline: write_tenant_namespaces(pipeline, [company]), f"Namespace of {company.company_id} left to reconcile")
 
 
 def forget_namespace(company: Company) -> None:
     """Remove the namespace written for a company the database refused (best effort)."""
+
+    def remove(pipeline: Any) -> None:
+        pipeline.delete(tenant_key_of(company))
+        pipeline.srem(VECTORSTORE_REGISTRY_KEY, company.vectorstore_index)
+
+    _best_effort(remove, f"Namespace of refused {company.company_id} not removed")
+
+
+def _best_effort(queue: Callable[[Any], None], failure: str) -> None:
+    """Send what `queue` puts on a pipeline; without Redis nothing, and a Redis error is only logged."""
     client = get_redis()
     if client is None:
         return
     try:
         pipeline = client.pipeline(transaction=False)
-        pipeline.delete(tenant_key_of(company))
-        pipeline.srem(VECTORSTORE_REGISTRY_KEY, company.vectorstore_index)
+        queue(pipeline)
         pipeline.execute()
     except redis.RedisError as exc:
-        logger.warning("[Chatwoot Sync] Namespace of refused %s not removed (%s)", company.company_id, type(exc).__name__)
+        logger.warning("[Chatwoot Sync] %s (%s)", failure, type(exc).__name__)
 
 
 def tenant_key_of(company: Any) -> str:
