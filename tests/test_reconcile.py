@@ -10,6 +10,7 @@ import sys
 import time
 
 import psycopg
+import pytest
 
 from multibackend.services.delivery_spool import SPOOL_KEY
 from tests.helpers import (
@@ -130,6 +131,68 @@ def test_backfill_of_10000_missing_accounts(make_app, clean_database, redis_clie
     assert count_rows(clean_database, "companies") == 10_000
     assert len(list(redis_client.scan_iter("chatwoot_*:tenant", count=1000))) == 10_000
     print(f"\nbackfill of 10,000 accounts: {elapsed:.2f} s")
+
+
+def create_batch(app, rows):
+    """The backfill's creation of one batch, in its own write; returns what it created."""
+    from multibackend.services.companies import company_write
+    from multibackend.services.tenant_provisioning import create_provisioned
+
+    with app.app_context(), company_write() as write:
+        return create_provisioned(write, rows)
+
+
+def test_a_batch_is_created_without_loading_a_company_into_the_session(app, clean_database, redis_client):
+    from multibackend.extensions import db
+    from multibackend.models import Company
+    from multibackend.services.companies import company_row, company_write
+    from multibackend.services.tenant_provisioning import create_provisioned
+
+    with app.app_context(), company_write() as write:
+        created = create_provisioned(write, [company_row(i, f"Company {i}") for i in range(1, 501)])
+        loaded = [obj for obj in db.session.identity_map.values() if isinstance(obj, Company)]
+    assert loaded == []
+    assert sorted(snapshot.company_id for snapshot in created.values()) == sorted(f"chatwoot_{i}" for i in range(1, 501))
+    assert {state[1] for state in companies_state(clean_database).values()} == {"ready"}
+    assert len(namespaces_state(redis_client)) == 501 and len(namespaces_state(redis_client)["registry"]) == 500
+    assert redis_client.hget("chatwoot_7:tenant", "company_name") == "Company 7"
+
+
+def test_a_batch_leaves_a_company_delivered_meanwhile_as_it_was_delivered(app, clean_database, redis_client):
+    from multibackend.services.companies import company_row
+
+    app.test_client().post(WEBHOOK, json={"id": 3, "name": "Delivered"})
+    delivered = redis_client.hgetall("chatwoot_3:tenant")
+    created = create_batch(app, [company_row(i, f"Backfill {i}") for i in range(1, 11)])
+    assert len(created) == 9 and "chatwoot_3" not in {snapshot.company_id for snapshot in created.values()}
+    assert companies_state(clean_database)["chatwoot_3"][0] == "Delivered"
+    assert redis_client.hgetall("chatwoot_3:tenant") == delivered
+
+
+def test_a_batch_the_database_refuses_leaves_no_namespace_behind(app, clean_database, redis_client):
+    from sqlalchemy.exc import IntegrityError
+
+    from multibackend.services.companies import company_row
+
+    rows = [company_row(i, f"Company {i}") for i in range(1, 11)]
+    rows[5]["chatwoot_status"] = "not a status"  # the table's check refuses the whole statement
+    with pytest.raises(IntegrityError):
+        create_batch(app, rows)
+    assert count_rows(clean_database, "companies") == 0
+    assert tenant_data_keys(redis_client) == []
+
+
+def test_backfill_with_redis_down_creates_pending_companies_that_the_next_run_provisions(make_app, clean_database, redis_client, chatwoot_db):
+    chatwoot_db.add_accounts([(i, f"Company {i}") for i in range(1, 21)])
+    down = reconcile(make_app(CHATWOOT_DATABASE_URL=chatwoot_db.url, REDIS_URL=dead_redis_url(), RECONCILE_BACKOFF_SECONDS=0))
+    assert down.created == 20
+    assert {state[1] for state in companies_state(clean_database).values()} == {"pending"}
+    assert tenant_data_keys(redis_client) == []
+    back = reconcile(make_app(CHATWOOT_DATABASE_URL=chatwoot_db.url))
+    assert back.ok, back.problems
+    assert (back.created, back.provisioned) == (0, 20)
+    assert {state[1] for state in companies_state(clean_database).values()} == {"ready"}
+    assert len(namespaces_state(redis_client)["registry"]) == 20
 
 
 def test_companies_created_while_the_listing_ran_are_never_marked_gone(make_app, clean_database, chatwoot_db):

@@ -12,10 +12,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import timedelta
+from types import SimpleNamespace
+from datetime import datetime, timedelta
 from typing import Any
 
 from blinker import Namespace
@@ -74,6 +75,7 @@ class CompanyWrite:
     inserted: set[int] = field(default_factory=set)
     outbox_written: bool = False  # rows owed in this commit (none while no receiver is connected)
     snapshots: dict[int, CompanySnapshot] = field(default_factory=dict)
+    inserted_ready: list[tuple[int, CompanySnapshot]] = field(default_factory=list)  # by insert_provisioned
     owed: list[tuple[int, CompanySnapshot]] = field(default_factory=list)
     announced: list[CompanySnapshot] = field(default_factory=list)
     unannounced: list[CompanySnapshot] = field(default_factory=list)
@@ -83,8 +85,8 @@ class CompanyWrite:
         that already have one), whatever runs concurrently. Columns of a host's own leave to their defaults."""
         if not rows:
             return []
-        if len(rows) > SET_BASED_FROM and db.session.get_bind().dialect.name == "postgresql":
-            statement, parameters = SET_INSERT, {"rows": json.dumps([{column: row[column] for column in ROW_COLUMNS} for row in rows], default=_json_value)}
+        if len(rows) > SET_BASED_FROM and self._set_based():
+            statement, parameters = select(Company).from_statement(SET_INSERT), _set_insert_parameters(rows)
         else:
             statement, parameters = _insert_statement(len(rows)), _flatten(rows)
         inserted = list(db.session.scalars(statement, parameters, execution_options={WRITE_PATH_OPTION: True}))
@@ -92,6 +94,30 @@ class CompanyWrite:
             self._track(company, was_ready=False)
             self.inserted.add(id(company))
         return inserted
+
+    def insert_provisioned(self, rows: Sequence[dict[str, Any]]) -> dict[int, CompanySnapshot]:
+        """Like insert_if_absent, for companies whose services were provisioned before (rows as company_row()
+        makes them, status included): no ORM object is loaded, so thousands cost one statement and little more.
+        Returns the companies created (by primary key), as committed once the block ends."""
+        if not rows:
+            return {}
+        if not self._set_based():
+            return {company.id: CompanySnapshot.of(company) for company in self.insert_if_absent(rows)}
+        result = db.session.execute(SET_INSERT_KEYS, _set_insert_parameters(rows), execution_options={WRITE_PATH_OPTION: True})
+        created_pks = dict(result.tuples().all())  # chatwoot_account_id -> id; the rest is what `rows` says
+        created = {
+            created_pks[row["chatwoot_account_id"]]: CompanySnapshot.of(SimpleNamespace(**row))
+            for row in rows
+            if row["chatwoot_account_id"] in created_pks
+        }
+        self.snapshots.update(created)
+        self.inserted.update(created)
+        self.inserted_ready.extend(item for item in created.items() if item[1].provisioning_status == "ready")
+        return created
+
+    @staticmethod
+    def _set_based() -> bool:
+        return db.session.get_bind().dialect.name == "postgresql"
 
     def remove(self, company_ids: Sequence[int]) -> None:
         """Delete these rows (duplicates only: companies are otherwise marked, never removed)."""
@@ -116,12 +142,12 @@ class CompanyWrite:
     def _prepare_commit(self) -> None:
         """Snapshot what is about to be committed; owe tenant_provisioned (outbox rows, same commit) for every
         Chatwoot company that became ready. The host's own companies (no account id) are never announced."""
-        self.snapshots = {key: CompanySnapshot.of(company) for key, company in self.changed.items()}
+        self.snapshots.update((key, CompanySnapshot.of(company)) for key, company in self.changed.items())
         self.owed = [
             (company.id, self.snapshots[key])
             for key, company in self.changed.items()
             if company.is_ready and not self.ready_before[key] and company.chatwoot_account_id
-        ]
+        ] + self.inserted_ready
         if self.owed and not self.dry_run and tenant_provisioned.receivers:  # nobody to announce to: nothing owed
             self.outbox_written = True
             now = utcnow()
@@ -362,19 +388,33 @@ def _insert_statement(count: int) -> Any:
 
 
 SET_BASED_FROM = 8  # more rows than this: one set-based statement of constant text (the rows as one JSON value)
-SET_INSERT = select(Company).from_statement(
-    text(
-        f"INSERT INTO companies ({', '.join(ROW_COLUMNS[:6])}, provisioning_attempts, chatwoot_status, created_at, updated_at)"
-        f" SELECT {', '.join(ROW_COLUMNS[:6])}, 0, {', '.join(ROW_COLUMNS[6:])} FROM json_to_recordset(CAST(:rows AS json)) AS r("
-        + ", ".join(f"{column} {'timestamptz' if column.endswith('_at') else 'text'}" for column in ROW_COLUMNS)
-        + f") ON CONFLICT DO NOTHING RETURNING {', '.join(Company.__table__.columns.keys())}"
-    )
+_SET_INSERT = (
+    f"INSERT INTO companies ({', '.join(ROW_COLUMNS[:6])}, provisioning_attempts, chatwoot_status, created_at, updated_at)"
+    f" SELECT {', '.join(ROW_COLUMNS[:6])}, 0, {', '.join(ROW_COLUMNS[6:])} FROM json_to_recordset(CAST(:rows AS json)) AS r("
+    + ", ".join(f"{column} {'timestamptz' if column.endswith('_at') else 'text'}" for column in ROW_COLUMNS)
+    + ") ON CONFLICT DO NOTHING RETURNING "
 )
+SET_INSERT = text(_SET_INSERT + ", ".join(Company.__table__.columns.keys()))
+SET_INSERT_KEYS = text(_SET_INSERT + "chatwoot_account_id, id")
 
 
-def _json_value(value: Any) -> str:
-    """Datetimes in the JSON of SET_INSERT (ISO 8601, which PostgreSQL reads as timestamptz)."""
-    return value.isoformat()
+def _set_insert_parameters(rows: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """The rows as one JSON value; datetimes as ISO 8601 (which PostgreSQL reads as timestamptz)."""
+    isoformat = _memo(datetime.isoformat)  # a batch shares a few moments
+    return {"rows": json.dumps([{column: row[column] for column in ROW_COLUMNS} for row in rows], default=isoformat)}
+
+
+def _memo(function: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`function`, computed once per distinct argument (for this call's batch only)."""
+    known: dict[Any, Any] = {}
+
+    def remembered(argument: Any) -> Any:
+        value = known.get(argument)
+        if value is None:
+            value = known[argument] = function(argument)
+        return value
+
+    return remembered
 
 
 CREATED_ALONE_COLUMNS = (

@@ -181,11 +181,10 @@ def _apply_accounts(batch: list[ChatwootAccount], summary: ReconcileSummary, dry
         if dry_run:
             summary.created += len(missing)
             return
-        created = write.insert_if_absent(missing)
-        tenant_provisioning.provision_services(created)
-        summary.written_namespaces.update(company.id for company in created if company.is_ready)
+        created = tenant_provisioning.create_provisioned(write, missing)
+    summary.written_namespaces.update(pk for pk, company in created.items() if company.provisioning_status == "ready")
     if created:  # one line per batch: a backfill of thousands must not spend its time logging
-        ids = [write.snapshot(company).company_id for company in created]
+        ids = [company.company_id for company in created.values()]
         shown = ", ".join(ids[:LOGGED_IDS]) + (f" and {len(ids) - LOGGED_IDS} more" if len(ids) > LOGGED_IDS else "")
         logger.info("[Chatwoot Sync] Backfilled %d companies whose webhook never arrived: %s", len(ids), shown)
     summary.created += len(created)

@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import redis
@@ -19,6 +20,7 @@ from multibackend.services import sync_metrics
 from multibackend.services.companies import (
     CompanyWrite,
     can_create_alone,
+    companies_in,
     company_row,
     company_write,
     create_alone,
@@ -76,7 +78,7 @@ def _create_alone(account_id: int, company_name: str, chatwoot_status: str, star
         write = create_alone(draft, _elapsed_ms(started))
     except SQLAlchemyError as exc:
         if redis_step == "ready" and not is_transient(exc):  # a replay would fail the same way: leave nothing
-            forget_namespace(draft)
+            forget_namespaces([draft])
         raise
     if write is None:
         return None
@@ -165,6 +167,40 @@ def provision_services(companies: Sequence[Company]) -> str:
     return "ready"
 
 
+def create_provisioned(write: CompanyWrite, rows: Sequence[dict[str, Any]]) -> dict[int, CompanySnapshot]:
+    """Create many companies the way a delivery creates one (services first, then the rows with their status, no
+    ORM objects): one Redis pipeline, one statement; inside company_write(). Without Redis, or when it fails, the
+    general path records the outcome. A namespace written for an account whose company appeared meanwhile is
+    written again from that company's row."""
+    if not rows:
+        return {}
+    drafts = [SimpleNamespace(**row) for row in rows]
+    client = get_redis()
+    if client is not None:
+        try:
+            pipeline = client.pipeline(transaction=False)
+            write_tenant_namespaces(pipeline, drafts)
+            sync_metrics.forget_shared_metrics(pipeline)
+            pipeline.execute()
+        except redis.RedisError:
+            client = None
+    if client is None:
+        inserted = write.insert_if_absent(rows)
+        provision_services(inserted)
+        return {company.id: CompanySnapshot.of(company) for company in inserted}
+    try:
+        created = write.insert_provisioned(rows)
+    except SQLAlchemyError as exc:
+        if not is_transient(exc):  # a retry would be refused the same way: leave nothing
+            forget_namespaces(drafts)
+        raise
+    if len(created) < len(rows):
+        created_accounts = {snapshot.chatwoot_account_id for snapshot in created.values()}
+        for company in companies_in(row["chatwoot_account_id"] for row in rows if row["chatwoot_account_id"] not in created_accounts).values():
+            restore_namespace(company)
+    return created
+
+
 def write_tenant_namespaces(pipeline: Any, companies: Sequence[Any]) -> None:
     """Queue on a Redis pipeline: create or refresh each company's `<prefix>tenant` hash, and register their index
     names in one SADD; idempotent."""
@@ -188,14 +224,14 @@ def restore_namespace(company: Company) -> None:
     _best_effort(lambda pipeline: write_tenant_namespaces(pipeline, [company]), f"Namespace of {company.company_id} left to reconcile")
 
 
-def forget_namespace(company: Company) -> None:
-    """Remove the namespace written for a company the database refused (best effort)."""
+def forget_namespaces(companies: Sequence[Any]) -> None:
+    """Remove the namespaces written for companies the database refused (best effort)."""
 
     def remove(pipeline: Any) -> None:
-        pipeline.delete(tenant_key_of(company))
-        pipeline.srem(VECTORSTORE_REGISTRY_KEY, company.vectorstore_index)
+        pipeline.delete(*(tenant_key_of(company) for company in companies))
+        pipeline.srem(VECTORSTORE_REGISTRY_KEY, *(company.vectorstore_index for company in companies))
 
-    _best_effort(remove, f"Namespace of refused {company.company_id} not removed")
+    _best_effort(remove, f"Namespaces of {len(companies)} refused companies not removed")
 
 
 def _best_effort(queue: Callable[[Any], None], failure: str) -> None:
