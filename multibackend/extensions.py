@@ -163,7 +163,7 @@ def run_alone(statement: Any, parameters: dict[str, Any], timeout_ms: int | None
             cursor.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
         cursor.execute(sql, parameters)
         row = cursor.fetchone()
-        names = [column[0] for column in cursor.description]
+        names = _column_names.get(sql) or _column_names.setdefault(sql, tuple(column[0] for column in cursor.description))
         cursor.close()
         if timeout_ms is not None:
             driver.commit()
@@ -191,6 +191,7 @@ def _leave_clean(driver: Any) -> bool:
 
 
 _compiled: dict[tuple[int, type, str], str] = {}
+_column_names: dict[str, tuple[str, ...]] = {}  # by SQL text: the driver builds its description anew per query
 
 
 def _compiled_sql(statement: Any, dialect: Any) -> str:

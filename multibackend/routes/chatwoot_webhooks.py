@@ -12,7 +12,6 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from multibackend import observability
 from multibackend.errors import ApiError, register_blueprint_errors, service_unavailable
 from multibackend.logging_setup import printable
-from multibackend.openapi import build_openapi
 from multibackend.routes.auth import (
     account_id_of,
     require_chatwoot_auth,
@@ -134,4 +133,6 @@ def compact_json(value: Any) -> str:
 @bp.get("/openapi.json")
 def openapi() -> Response:
     """The OpenAPI 3 description of every endpoint, generated from the routes and the marshmallow schemas."""
+    from multibackend.openapi import build_openapi  # on use: apispec (and YAML) need not load with every process
+
     return jsonify(build_openapi(current_app))

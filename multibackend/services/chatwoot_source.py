@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import requests
 from flask import Flask, current_app
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
@@ -15,6 +14,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from multibackend.config import sqlalchemy_database_uri
 from multibackend.schemas import normalise_company_name
+
+if TYPE_CHECKING:
+    import requests
 
 logger = logging.getLogger(__name__)
 
@@ -136,8 +138,11 @@ class ChatwootPlatformSource:
     description = "Chatwoot Platform API (CHATWOOT_API_URL)"
 
     def __init__(self, base_url: str, token: str):
+        import requests  # on use: only this source needs it, and every command starts ~50 ms sooner without it
+
         self.base_url = base_url.rstrip("/")
         self.session = requests.Session()
+        self.request_error = requests.RequestException
         self.session.headers.update({"api_access_token": token, "Accept": "application/json"})
 
     def accounts(self, batch_size: int) -> Iterator[list[ChatwootAccount]]:
@@ -178,7 +183,7 @@ class ChatwootPlatformSource:
     def _get(self, path: str, timeout: float, missing_ok: bool = False) -> Any:
         try:
             response = self.session.get(self.base_url + path, timeout=timeout, allow_redirects=False)
-        except requests.RequestException as exc:
+        except self.request_error as exc:
             raise SourceError(f"Chatwoot Platform API: {type(exc).__name__}") from exc
         if response.status_code == 404 and missing_ok:
             return None
