@@ -177,7 +177,8 @@ def _apply_accounts(batch: list[ChatwootAccount], summary: ReconcileSummary, dry
             company = existing.get(str(account.id))
             if company is not None:
                 _follow_account(company, account, summary)
-        missing = [company_row(account.id, account.name, account.status) for account in batch if str(account.id) not in existing]
+        now = utcnow()
+        missing = [company_row(account.id, account.name, account.status, now) for account in batch if str(account.id) not in existing]
         if dry_run:
             summary.created += len(missing)
             return
