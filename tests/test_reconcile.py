@@ -158,6 +158,19 @@ def test_a_batch_is_created_without_loading_a_company_into_the_session(app, clea
     assert redis_client.hget("chatwoot_7:tenant", "company_name") == "Company 7"
 
 
+def test_backfilled_companies_are_announced_once_each_and_owe_nothing_after(make_app, clean_database, redis_client, chatwoot_db):
+    from multibackend.services.companies import tenant_provisioned
+
+    chatwoot_db.add_accounts([(i, f"Company {i}") for i in range(1, 31)])
+    app = make_app(CHATWOOT_DATABASE_URL=chatwoot_db.url)
+    announced = []
+    with tenant_provisioned.connected_to(lambda sender, company: announced.append((company.company_id, company.company_name, company.provisioning_status))):
+        assert reconcile(app).created == 30
+        assert reconcile(app).created == 0
+    assert sorted(announced) == sorted((f"chatwoot_{i}", f"Company {i}", "ready") for i in range(1, 31))
+    assert count_rows(clean_database, "chatwoot_tenant_announcements") == 0
+
+
 def test_a_batch_leaves_a_company_delivered_meanwhile_as_it_was_delivered(app, clean_database, redis_client):
     from multibackend.services.companies import company_row
 

@@ -95,24 +95,23 @@ class CompanyWrite:
             self.inserted.add(id(company))
         return inserted
 
-    def insert_provisioned(self, rows: Sequence[dict[str, Any]]) -> dict[int, CompanySnapshot]:
+    def insert_provisioned(self, rows: Sequence[dict[str, Any]]) -> dict[str, int]:
         """Like insert_if_absent, for companies whose services were provisioned before (rows as company_row()
         makes them, status included): no ORM object is loaded, so thousands cost one statement and little more.
-        Returns the companies created (by primary key), as committed once the block ends."""
+        Returns the primary keys of the companies created, by Chatwoot account id."""
         if not rows:
             return {}
         if not self._set_based():
-            return {company.id: CompanySnapshot.of(company) for company in self.insert_if_absent(rows)}
+            return {company.chatwoot_account_id: company.id for company in self.insert_if_absent(rows)}
         result = db.session.execute(SET_INSERT_KEYS, _set_insert_parameters(rows), execution_options={WRITE_PATH_OPTION: True})
-        created_pks = dict(result.tuples().all())  # chatwoot_account_id -> id; the rest is what `rows` says
-        created = {
-            created_pks[row["chatwoot_account_id"]]: CompanySnapshot.of(SimpleNamespace(**row))
-            for row in rows
-            if row["chatwoot_account_id"] in created_pks
-        }
-        self.snapshots.update(created)
-        self.inserted.update(created)
-        self.inserted_ready.extend(item for item in created.items() if item[1].provisioning_status == "ready")
+        created: dict[str, int] = dict(result.tuples().all())
+        self.inserted.update(created.values())
+        if tenant_provisioned.receivers:  # what is owed to them, as committed (nobody to announce to: nothing owed)
+            self.inserted_ready.extend(
+                (created[row["chatwoot_account_id"]], CompanySnapshot.of(SimpleNamespace(**row)))
+                for row in rows
+                if row["chatwoot_account_id"] in created and row["provisioning_status"] == "ready"
+            )
         return created
 
     @staticmethod

@@ -167,11 +167,12 @@ def provision_services(companies: Sequence[Company]) -> str:
     return "ready"
 
 
-def create_provisioned(write: CompanyWrite, rows: Sequence[dict[str, Any]]) -> dict[int, CompanySnapshot]:
+def create_provisioned(write: CompanyWrite, rows: Sequence[dict[str, Any]]) -> dict[int, Any]:
     """Create many companies the way a delivery creates one (services first, then the rows with their status, no
     ORM objects): one Redis pipeline, one statement; inside company_write(). Without Redis, or when it fails, the
     general path records the outcome. A namespace written for an account whose company appeared meanwhile is
-    written again from that company's row."""
+    written again from that company's row. Returns the companies created by primary key (their columns as
+    attributes, as committed)."""
     if not rows:
         return {}
     drafts = [SimpleNamespace(**row) for row in rows]
@@ -187,7 +188,7 @@ def create_provisioned(write: CompanyWrite, rows: Sequence[dict[str, Any]]) -> d
     if client is None:
         inserted = write.insert_if_absent(rows)
         provision_services(inserted)
-        return {company.id: CompanySnapshot.of(company) for company in inserted}
+        return {company.id: company for company in inserted}
     try:
         created = write.insert_provisioned(rows)
     except SQLAlchemyError as exc:
@@ -195,10 +196,9 @@ def create_provisioned(write: CompanyWrite, rows: Sequence[dict[str, Any]]) -> d
             forget_namespaces(drafts)
         raise
     if len(created) < len(rows):
-        created_accounts = {snapshot.chatwoot_account_id for snapshot in created.values()}
-        for company in companies_in(row["chatwoot_account_id"] for row in rows if row["chatwoot_account_id"] not in created_accounts).values():
+        for company in companies_in(row["chatwoot_account_id"] for row in rows if row["chatwoot_account_id"] not in created).values():
             restore_namespace(company)
-    return created
+    return {created[draft.chatwoot_account_id]: draft for draft in drafts if draft.chatwoot_account_id in created}
 
 
 def write_tenant_namespaces(pipeline: Any, companies: Sequence[Any]) -> None:
