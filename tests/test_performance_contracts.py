@@ -159,5 +159,5 @@ def test_a_large_batch_is_one_set_based_insert(app, clean_database, redis_client
         finally:
             event.remove(db.engine, "before_cursor_execute", listener)
     assert len(created) == 2000 and count_rows(clean_database, "companies") == 2000
-    assert sum("json_array_elements" in statement for statement in statements) == 1
+    assert sum("json_to_recordset" in statement for statement in statements) == 1
     assert SET_INSERT is not None

@@ -419,6 +419,20 @@ def test_redis_flush_is_repaired_by_one_reconcile(make_app, clean_database, redi
     assert namespaces_state(redis_client) == before
 
 
+def test_a_backfill_also_restores_the_namespaces_a_flush_took_from_older_companies(make_app, clean_database, redis_client, chatwoot_db):
+    chatwoot_db.add_accounts([(i, f"Company {i}") for i in range(1, 31)])
+    app = make_app(CHATWOOT_DATABASE_URL=chatwoot_db.url, RECONCILE_BATCH_SIZE=7)
+    client = app.test_client()
+    for account_id in (2, 9, 10, 11, 25):
+        client.post(WEBHOOK, json={"id": account_id, "name": f"Company {account_id}"})
+    redis_client.flushdb()
+    summary = reconcile(app)
+    assert summary.ok, summary.problems
+    assert (summary.created, summary.restored) == (25, 5)
+    assert len(namespaces_state(redis_client)["registry"]) == 30
+    assert redis_client.hget("chatwoot_9:tenant", "company_name") == "Company 9"
+
+
 def test_a_second_reconcile_waits_its_turn(make_app, clean_database, database_url):
     app = make_app()
     with psycopg.connect(database_url, autocommit=True) as holder:

@@ -387,20 +387,26 @@ def _insert_statement(count: int) -> Any:
 
 
 SET_BASED_FROM = 8  # more rows than this: one set-based statement of constant text (the rows as one JSON value)
+_SET_INSERT_KEYS = tuple(f"c{index}" for index in range(len(ROW_COLUMNS)))  # short JSON keys, in ROW_COLUMNS order
 _SET_INSERT = (
     f"INSERT INTO companies ({', '.join(ROW_COLUMNS[:6])}, provisioning_attempts, chatwoot_status, created_at, updated_at)"
-    f" SELECT {', '.join(f'r->>{index}' for index in range(6))}, 0, r->>6, CAST(r->>7 AS timestamptz), CAST(r->>8 AS timestamptz)"
-    " FROM json_array_elements(CAST(:rows AS json)) AS r ON CONFLICT DO NOTHING RETURNING "
+    f" SELECT {', '.join(_SET_INSERT_KEYS[:6])}, 0, {', '.join(_SET_INSERT_KEYS[6:])}"
+    " FROM json_to_recordset(CAST(:rows AS json)) AS r("
+    + ", ".join(f"{key} {'timestamptz' if column.endswith('_at') else 'text'}" for key, column in zip(_SET_INSERT_KEYS, ROW_COLUMNS))
+    + ") ON CONFLICT DO NOTHING RETURNING "
 )
 SET_INSERT = text(_SET_INSERT + ", ".join(Company.__table__.columns.keys()))
 SET_INSERT_KEYS = text(_SET_INSERT + "chatwoot_account_id, id")
 
 
 def _set_insert_parameters(rows: Sequence[dict[str, Any]]) -> dict[str, str]:
-    """The rows as one JSON array of arrays (ROW_COLUMNS in order: no keys to encode nine times a row); datetimes
-    as ISO 8601, which PostgreSQL reads as timestamptz."""
+    """The rows as one JSON value, short keys (json_to_recordset reads them faster than array elements, and they
+    cost less to encode than column names); datetimes as ISO 8601, which PostgreSQL reads as timestamptz."""
     isoformat = _memo(datetime.isoformat)  # a batch shares a few moments
-    values = [[*(row[column] for column in ROW_COLUMNS[:7]), isoformat(row["created_at"]), isoformat(row["updated_at"])] for row in rows]
+    values = [
+        dict(zip(_SET_INSERT_KEYS, (*(row[column] for column in ROW_COLUMNS[:7]), isoformat(row["created_at"]), isoformat(row["updated_at"]))))
+        for row in rows
+    ]
     return {"rows": json.dumps(values, separators=(",", ":"))}
 
 

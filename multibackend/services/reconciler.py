@@ -17,7 +17,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from multibackend.clock import utcnow
-from multibackend.extensions import db, get_redis
+from multibackend.extensions import db, get_redis, one_of
 from multibackend.logging_setup import printable
 from multibackend.models import Company, TenantAnnouncement
 from multibackend.services import companies, dashboard_tabs, delivery_spool, sync_metrics, tenant_provisioning
@@ -358,17 +358,15 @@ def restore_namespaces(summary: ReconcileSummary, dry_run: bool, progress: Progr
     if client is None:
         return
     total = db.session.scalar(select(func.count()).where(Company.provisioning_status == "ready", Company.chatwoot_account_id.is_not(None)))
-    last_id = 0
     with progress("Redis namespaces", total) as advance:
-        while batch := _ready_companies_after(last_id):
-            last_id = batch[-1].id
-            stale = _stale_namespaces(client, [company for company in batch if company.id not in summary.written_namespaces])
+        for listed, companies in _ready_companies_to_check(summary.written_namespaces):
+            stale = _stale_namespaces(client, companies)
             if stale and not dry_run:
                 pipeline = client.pipeline(transaction=False)
                 tenant_provisioning.write_tenant_namespaces(pipeline, stale)
                 pipeline.execute()
             summary.restored += len(stale)
-            advance(len(batch))
+            advance(listed)
     db.session.rollback()
 
 
@@ -378,16 +376,31 @@ NAMESPACE_COLUMNS = (
 )
 
 
-def _ready_companies_after(last_id: int) -> list[Any]:
-    """The next batch of ready Chatwoot companies, as plain rows (what a namespace holds; no ORM objects)."""
-    return list(
-        db.session.execute(
-            select(*NAMESPACE_COLUMNS)
-            .where(Company.provisioning_status == "ready", Company.chatwoot_account_id.is_not(None), Company.id > last_id)
-            .order_by(Company.id)
-            .limit(current_app.config["RECONCILE_BATCH_SIZE"])
-        )
-    )
+READY_CHATWOOT_COMPANY = (Company.provisioning_status == "ready", Company.chatwoot_account_id.is_not(None))
+
+
+def _ready_companies_to_check(written: set[int]) -> Iterator[tuple[int, list[Any]]]:
+    """Batches of ready Chatwoot companies as plain rows (what a namespace holds; no ORM objects): (how many the
+    batch lists, the rows to check). Rows of the companies in `written` are never read: after a backfill, most of
+    each batch are, so the batch's keys are listed first and only the others read."""
+    batch_size = current_app.config["RECONCILE_BATCH_SIZE"]
+    last_id = 0
+    while True:
+        after = (*READY_CHATWOOT_COMPANY, Company.id > last_id)
+        if not written:
+            rows = list(db.session.execute(select(*NAMESPACE_COLUMNS).where(*after).order_by(Company.id).limit(batch_size)))
+            if not rows:
+                return
+            last_id = rows[-1].id
+            yield len(rows), rows
+            continue
+        pks = list(db.session.scalars(select(Company.id).where(*after).order_by(Company.id).limit(batch_size)))
+        if not pks:
+            return
+        last_id = pks[-1]
+        unwritten = [pk for pk in pks if pk not in written]
+        rows = list(db.session.execute(select(*NAMESPACE_COLUMNS).where(one_of(Company.id, unwritten)))) if unwritten else []
+        yield len(pks), rows
 
 
 def _stale_namespaces(client: redis.Redis, companies: list[Any]) -> list[Any]:
