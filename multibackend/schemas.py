@@ -248,6 +248,7 @@ class AnyDataResponseSchema(BaseSchema):
 
 
 webhook_response_schema = WebhookResponseSchema()
+_webhook_data_schema = WebhookDataSchema()
 company_lookup_data_schema = CompanyLookupDataSchema()
 metrics_response_schema = MetricsResponseSchema()
 dashboard_data_response_schema = DashboardDataResponseSchema()
@@ -257,6 +258,15 @@ def lookup_data(company: CompanySnapshot | None) -> dict[str, Any]:
     """The lookup's `data` for a company ({"exists": false} for None): the one place that builds it, for the
     lookup's answer and for the cached answer the write path publishes."""
     return company_lookup_data_schema.dump(company)
+
+
+def webhook_answer(delivery: Any) -> dict[str, Any]:
+    """{success: true, data} for a delivery outcome: exactly what webhook_response_schema dumps (a test holds the
+    two equal), made from the schema's own values and fields without marshmallow's per-field machinery, which was
+    about 6 % of a delivery's time in a worker."""
+    values = _webhook_data_schema.values_of(delivery)
+    values["message"] = _webhook_data_schema.message_of(values)
+    return {"success": True, "data": {name: values[name] for name in _webhook_data_schema.fields if name in values}}
 
 
 def success_answer(schema: Schema, data: Any) -> dict[str, Any]:

@@ -262,3 +262,35 @@ def test_fixture_payloads_are_the_shared_chatwoot_samples():
         pytest.skip("../shared/chatwoot/payloads is not beside this checkout")
     for sample in SHARED_PAYLOADS.iterdir():
         assert (FIXTURES / sample.name).read_bytes() == sample.read_bytes(), sample.name
+
+
+def _snapshot(status: str):
+    from multibackend.models import CompanySnapshot
+
+    return CompanySnapshot("chatwoot_42", "Acme <Corp>", "42", "chatwoot_42:", "chatwoot_42_documents", status, "active", "2026-11-28T10:00:00Z")
+
+
+def _outcomes():
+    from multibackend.services.deliveries import Ignored, Provisioned, Queued
+    from multibackend.services.tenant_naming import tenant_names
+    from multibackend.services.tenant_provisioning import ProvisioningResult
+
+    return {
+        "created": Provisioned(ProvisioningResult(_snapshot("ready"), True, "ready")),
+        "existing": Provisioned(ProvisioningResult(_snapshot("ready"), False, "unchanged")),
+        "pending": Provisioned(ProvisioningResult(_snapshot("pending"), True, "failed")),
+        "without redis": Provisioned(ProvisioningResult(_snapshot("ready"), True, "skipped")),
+        "queued": Queued(42, "Acme <Corp>", tenant_names(42)),
+        "ignored": Ignored("conversation_created"),
+    }
+
+
+@pytest.mark.parametrize("outcome", ["created", "existing", "pending", "without redis", "queued", "ignored"])
+def test_the_webhook_answer_is_what_its_documented_schema_dumps(outcome):
+    from multibackend.schemas import webhook_answer, webhook_response_schema
+
+    delivery = _outcomes()[outcome]
+    answer = webhook_answer(delivery)
+    assert answer == webhook_response_schema.dump({"success": True, "data": delivery})
+    assert webhook_response_schema.validate(answer) == {}
+    assert answer["data"]["message"]

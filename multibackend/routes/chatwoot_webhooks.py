@@ -25,7 +25,7 @@ from multibackend.schemas import (
     event_of,
     metrics_response_schema,
     success_answer,
-    webhook_response_schema,
+    webhook_answer,
 )
 from multibackend.services import company_lookup, deliveries, sync_metrics
 
@@ -87,7 +87,7 @@ def delivery_answer(delivery: deliveries.Delivery) -> tuple[Response, int]:
         raise service_unavailable("The database")
     observability.record_delivery(delivery.outcome)
     status = 202 if isinstance(delivery, deliveries.Queued) else 200
-    return jsonify(success_answer(webhook_response_schema, delivery)), status
+    return jsonify(webhook_answer(delivery)), status
 
 
 @bp.post("/account-created")
