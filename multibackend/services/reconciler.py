@@ -357,7 +357,7 @@ def restore_namespaces(summary: ReconcileSummary, dry_run: bool, progress: Progr
     client = get_redis()
     if client is None:
         return
-    total = db.session.scalar(select(func.count()).where(Company.provisioning_status == "ready", Company.chatwoot_account_id.is_not(None)))
+    total = db.session.scalar(select(func.count()).where(*READY_CHATWOOT_COMPANY))
     with progress("Redis namespaces", total) as advance:
         for listed, companies in _ready_companies_to_check(summary.written_namespaces):
             stale = _stale_namespaces(client, companies)
