@@ -12,11 +12,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from datetime import datetime, timedelta
+from functools import cache
+from types import SimpleNamespace
 from typing import Any
 
 from blinker import Namespace
@@ -150,7 +151,7 @@ class CompanyWrite:
         if self.owed and not self.dry_run and tenant_provisioned.receivers:  # nobody to announce to: nothing owed
             self.outbox_written = True
             now = utcnow()
-            if db.session.get_bind().dialect.name == "postgresql":  # one statement however many (arrays)
+            if self._set_based():  # one statement however many (arrays)
                 db.session.execute(OWE_ANNOUNCEMENTS, {"company_pks": [pk for pk, _ in self.owed], "created_at": now})
             else:
                 db.session.execute(OWE_ANNOUNCEMENT, [{"company_pk": pk, "created_at": now} for pk, _ in self.owed])
@@ -402,25 +403,12 @@ SET_INSERT_KEYS = text(_SET_INSERT + "chatwoot_account_id, id")
 def _set_insert_parameters(rows: Sequence[dict[str, Any]]) -> dict[str, str]:
     """The rows as one JSON value, short keys (json_to_recordset reads them faster than array elements, and they
     cost less to encode than column names); datetimes as ISO 8601, which PostgreSQL reads as timestamptz."""
-    isoformat = _memo(datetime.isoformat)  # a batch shares a few moments
+    isoformat = cache(datetime.isoformat)  # a batch shares one moment: formatted once
     values = [
         dict(zip(_SET_INSERT_KEYS, (*(row[column] for column in ROW_COLUMNS[:7]), isoformat(row["created_at"]), isoformat(row["updated_at"]))))
         for row in rows
     ]
     return {"rows": json.dumps(values, separators=(",", ":"))}
-
-
-def _memo(function: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """`function`, computed once per distinct argument (for this call's batch only)."""
-    known: dict[Any, Any] = {}
-
-    def remembered(argument: Any) -> Any:
-        value = known.get(argument)
-        if value is None:
-            value = known[argument] = function(argument)
-        return value
-
-    return remembered
 
 
 CREATED_ALONE_COLUMNS = (

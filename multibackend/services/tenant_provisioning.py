@@ -99,7 +99,7 @@ def _provision_in_write(
         else:
             redis_step = "unchanged"
             if namespace_written:  # by a delivery that lost the race: the company's own values win
-                restore_namespace(company)
+                rewrite_namespaces([company])
         if sync_started is not None:
             sync_metrics.add_sync_event(
                 account_id, company.company_id, "success", created, _elapsed_ms(sync_started), company.provisioning_error
@@ -152,10 +152,7 @@ def provision_services(companies: Sequence[Company]) -> str:
             company.mark_ready()
         return "skipped"
     try:
-        pipeline = client.pipeline(transaction=False)
-        write_tenant_namespaces(pipeline, companies)
-        sync_metrics.forget_shared_metrics(pipeline)
-        pipeline.execute()
+        _send_namespaces(client, companies)
     except redis.RedisError as exc:
         reason = f"Redis unavailable ({type(exc).__name__}); the company is kept and provisioning will be retried"
         for company in companies:
@@ -179,10 +176,7 @@ def create_provisioned(write: CompanyWrite, rows: Sequence[dict[str, Any]]) -> d
     client = get_redis()
     if client is not None:
         try:
-            pipeline = client.pipeline(transaction=False)
-            write_tenant_namespaces(pipeline, drafts)
-            sync_metrics.forget_shared_metrics(pipeline)
-            pipeline.execute()
+            _send_namespaces(client, drafts)
         except redis.RedisError:
             client = None
     if client is None:
@@ -196,9 +190,16 @@ def create_provisioned(write: CompanyWrite, rows: Sequence[dict[str, Any]]) -> d
             forget_namespaces(drafts)
         raise
     if len(created) < len(rows):
-        for company in companies_in(row["chatwoot_account_id"] for row in rows if row["chatwoot_account_id"] not in created).values():
-            restore_namespace(company)
+        rewrite_namespaces(list(companies_in(row["chatwoot_account_id"] for row in rows if row["chatwoot_account_id"] not in created).values()))
     return {created[draft.chatwoot_account_id]: draft for draft in drafts if draft.chatwoot_account_id in created}
+
+
+def _send_namespaces(client: redis.Redis, companies: Sequence[Any]) -> None:
+    """One pipeline: the companies' namespaces, and the shared metrics dropped (they count companies)."""
+    pipeline = client.pipeline(transaction=False)
+    write_tenant_namespaces(pipeline, companies)
+    sync_metrics.forget_shared_metrics(pipeline)
+    pipeline.execute()
 
 
 def write_tenant_namespaces(pipeline: Any, companies: Sequence[Any]) -> None:
@@ -219,9 +220,11 @@ def write_tenant_namespaces(pipeline: Any, companies: Sequence[Any]) -> None:
     pipeline.sadd(VECTORSTORE_REGISTRY_KEY, *(company.vectorstore_index for company in companies))
 
 
-def restore_namespace(company: Company) -> None:
-    """Write the company's namespace again from its row (best effort: reconcile restores what this misses)."""
-    _best_effort(lambda pipeline: write_tenant_namespaces(pipeline, [company]), f"Namespace of {company.company_id} left to reconcile")
+def rewrite_namespaces(companies: Sequence[Company]) -> None:
+    """Write the companies' namespaces again from their rows, in one pipeline (best effort: reconcile restores what
+    this misses)."""
+    if companies:
+        _best_effort(lambda pipeline: write_tenant_namespaces(pipeline, companies), f"Namespaces of {len(companies)} companies left to reconcile")
 
 
 def forget_namespaces(companies: Sequence[Any]) -> None:
