@@ -14,7 +14,15 @@ from typing import Any
 from bench import database, machine, report
 from bench.loadgen import LoadGenerator, LoadResult
 from bench import backfill
-from bench.scenarios import BACKFILL_SCENARIO, LARGE_SUFFIX, SCENARIOS, SMALL_SUFFIX, LoadContext, RequestSpec, Scenario
+from bench.scenarios import (
+    BACKFILL_SCENARIO,
+    LARGE_SUFFIX,
+    SCENARIOS,
+    SMALL_SUFFIX,
+    LoadContext,
+    RequestSpec,
+    Scenario,
+)
 from bench.servers import GunicornServer
 from bench.settings import (
     BURST_BASE,
@@ -30,6 +38,7 @@ from bench.settings import (
 )
 
 NEW_ACCOUNTS_SCENARIO = "webhook-new"
+BASELINE_SCENARIO = next(scenario for scenario in SCENARIOS if scenario.name == report.BASELINE)
 # A lookup miss may ask a configured Chatwoot (self-healing lookup); the bench never leaves the machine.
 NO_CHATWOOT_SOURCE = {"CHATWOOT_DATABASE_URL": "", "CHATWOOT_API_URL": "", "CHATWOOT_PLATFORM_TOKEN": ""}
 # every request comes from one address here: the limiter still runs (its cost is measured) but never refuses
@@ -150,6 +159,8 @@ class Bench:
         self.stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         self.results: dict[str, LoadResult] = {}
         self.background_cpu: dict[str, float] = {}  # CPU share busy just before each measured run
+        # per scenario, (scenario req/s, baseline req/s) of each measured run and the baseline run just before it
+        self.pairs: dict[str, list[tuple[float, float]]] = {}
         self.check = CommitCheck()
         self.load_seconds: dict[str, float] = {}
         self.workers = 0
@@ -210,7 +221,8 @@ class Bench:
             self.workers = app.worker_count()
             servers = {"app": app, "baseline": baseline}
             for scenario in scenarios:
-                result = self.run_scenario(scenario, dataset, servers[scenario.server])
+                paired = baseline if scenario.server == "app" else None
+                result = self.run_scenario(scenario, dataset, servers[scenario.server], paired)
                 self.results[scenario.name + dataset.suffix] = result
             if any(s.name == NEW_ACCOUNTS_SCENARIO for s in scenarios):
                 self.verify_commits(url)
@@ -239,8 +251,11 @@ class Bench:
         self.log(f"{name}: gunicorn {app} on port {server.port}, {server.worker_count()} workers")
         return server
 
-    def run_scenario(self, scenario: Scenario, dataset: Dataset, server: GunicornServer) -> LoadResult:
-        """A warm-up run (not reported), then the measured run."""
+    def run_scenario(
+        self, scenario: Scenario, dataset: Dataset, server: GunicornServer, baseline: GunicornServer | None = None
+    ) -> LoadResult:
+        """A warm-up run (not reported), then the measured runs; with a baseline server, each measured run right
+        after a baseline run of the same length (the pair's ratio is free of the host's drift between scenarios)."""
         label = scenario.name + dataset.suffix
         if self.profile.warmup_s:
             self.load_run(scenario, dataset, server, self.profile.warmup_s)
@@ -249,11 +264,16 @@ class Bench:
             if scenario.burst_before:
                 self.burst(server)
             self.background_cpu[label] = machine.settled_share(0.0 if self.profile.strict else 8.0)
+            reference = self.load_run(BASELINE_SCENARIO, dataset, baseline, self.profile.duration_s) if baseline else None
             runs.append(self.load_run(scenario, dataset, server, self.profile.duration_s))
+            if reference is not None:
+                self.pairs.setdefault(label, []).append((runs[-1].rps, reference.rps))
         result = median_result(runs)
+        paired = report.paired_ratio(self.pairs.get(label, []))
         self.log(
             f"  {label:<18} {result.rps:>9,.0f} req/s  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  "
             f"errors {result.errors}  (machine {self.background_cpu[label]:.0%} busy before)"
+            + (f"  {paired:.2f}x its baseline runs" if paired is not None else "")
         )
         return result
 
@@ -303,6 +323,7 @@ class Bench:
             },
             "scenarios": rows,
             "raw": {name: {**asdict(result), "acked": len(result.acked)} for name, result in self.results.items()},
+            "paired_runs": {name: [{"rps": rps, "baseline_rps": base} for rps, base in pairs] for name, pairs in self.pairs.items()},
             "budgets": budgets,
             "webhook_commit_check": self.check.as_dict(),
         }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,19 +33,34 @@ class Row:
     background_cpu: float | None = None  # CPU share busy with other work just before the run
 
 
-def build_rows(results: Mapping[str, LoadResult], background_cpu: Mapping[str, float]) -> dict[str, Row]:
-    """Rows for every scenario, with ratios to the baseline scenario (NaN when it was not run)."""
+def paired_ratio(pairs: Sequence[tuple[float, float]]) -> float | None:
+    """The median of (scenario req/s / req/s of the baseline run just before it) over the measured runs."""
+    ratios = sorted(rps / base for rps, base in pairs if base)
+    return ratios[len(ratios) // 2] if ratios else None
+
+
+def build_rows(
+    results: Mapping[str, LoadResult], background_cpu: Mapping[str, float],
+    pairs: Mapping[str, Sequence[tuple[float, float]]] | None = None,
+) -> dict[str, Row]:
+    """Rows for every scenario, with ratios to the baseline (NaN when it was not run): a scenario measured in pairs
+    takes the median of its pairs' req/s ratios, the others (and the latency ratios) the baseline scenario's."""
     base = results.get(BASELINE)
+    pairs = pairs or {}
 
     def ratio(value: float, reference: float | None) -> float:
         """value / reference, NaN without a reference."""
         return value / reference if reference else float("nan")
 
+    def rps_ratio(name: str, result: LoadResult) -> float:
+        paired = paired_ratio(pairs.get(name, ()))
+        return paired if paired is not None else ratio(result.rps, base and base.rps)
+
     return {
         name: Row(
             scenario=name, rps=r.rps, p50_ms=r.p50_ms, p99_ms=r.p99_ms, errors=r.errors, non2xx=r.non2xx,
             socket_errors=r.socket_errors, requests=r.requests,
-            rps_ratio=ratio(r.rps, base and base.rps),
+            rps_ratio=rps_ratio(name, r),
             p50_ratio=ratio(r.p50_ms, base and base.p50_ms),
             p99_ratio=ratio(r.p99_ms, base and base.p99_ms),
             background_cpu=background_cpu.get(name),
@@ -78,6 +93,7 @@ def format_table(rows: Mapping[str, Row]) -> str:
         for row in rows.values()
     ]
     table = _align([header, *lines])
+    table += "\nrps x base: each measured run against a baseline run just before it, the median of those ratios"
     if any(_busy(row) for row in rows.values()):
         table += f"\n* other work kept the machine over {BUSY_WARNING_SHARE:.0%} busy just before this run: noisy"
     return table

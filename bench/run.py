@@ -106,7 +106,7 @@ def describe(profile: Profile) -> str:
 
 def publish(bench: Bench, profile: Profile) -> int:
     """Print the tables, save JSON and PNG; the exit status (non-zero only for a failed smoke run)."""
-    rows = report.build_rows(bench.results, bench.background_cpu)
+    rows = report.build_rows(bench.results, bench.background_cpu, bench.pairs)
     budgets = report.evaluate_budgets(rows)
     output_dir = bench.options.results_dir
     click.echo(f"\n{describe(profile)}; {bench.workers} gunicorn workers; load generator {bench.loadgen.name}\n")

@@ -138,7 +138,13 @@ def once_more_if_disconnected(operation: Callable[[], T]) -> T:
 
 def run_alone(statement: Any, parameters: dict[str, Any], timeout_ms: int | None = None) -> Any:
     """Run one statement in a transaction of its own and return its first row (attribute access by column name),
-    or None.
+    or None (see rows_alone)."""
+    rows = rows_alone(statement, parameters, timeout_ms, first_only=True)
+    return rows[0] if rows else None
+
+
+def rows_alone(statement: Any, parameters: dict[str, Any], timeout_ms: int | None = None, first_only: bool = False) -> list[Any]:
+    """Run one statement in a transaction of its own and return its rows (attribute access by column name).
 
     On PostgreSQL it runs on the pooled driver connection itself, in autocommit: one round trip, and a write is
     committed (durably) with it; a SQLAlchemy Connection would add about 0.2 ms of bookkeeping per use. With
@@ -148,7 +154,8 @@ def run_alone(statement: Any, parameters: dict[str, Any], timeout_ms: int | None
     engine = db.engine
     if engine.dialect.name != "postgresql":
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-            return connection.execute(statement, parameters).first()
+            result = connection.execute(statement, parameters)
+            return [row for row in [result.first()] if row is not None] if first_only else list(result)
     sql = _compiled_sql(statement, engine.dialect)
     dbapi_error = engine.dialect.loaded_dbapi.Error
     try:
@@ -162,7 +169,7 @@ def run_alone(statement: Any, parameters: dict[str, Any], timeout_ms: int | None
         if timeout_ms is not None:
             cursor.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
         cursor.execute(sql, parameters)
-        row = cursor.fetchone()
+        rows = [row for row in [cursor.fetchone()] if row is not None] if first_only else cursor.fetchall()
         names = _column_names.get(sql) or _column_names.setdefault(sql, tuple(column[0] for column in cursor.description))
         cursor.close()
         if timeout_ms is not None:
@@ -177,7 +184,7 @@ def run_alone(statement: Any, parameters: dict[str, Any], timeout_ms: int | None
         raise DBAPIError.instance(sql, parameters, exc, dbapi_error, connection_invalidated=broken, dialect=engine.dialect) from exc
     finally:
         pooled.close()
-    return None if row is None else SimpleNamespace(**dict(zip(names, row)))
+    return [SimpleNamespace(**dict(zip(names, row))) for row in rows]
 
 
 def _leave_clean(driver: Any) -> bool:

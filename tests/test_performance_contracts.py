@@ -1,17 +1,20 @@
 """What the fast paths promise: failed authentication is limited on every door a secret opens (and never blocks
 valid credentials), the limit cannot be overshot by a concurrent burst, unsigned lookups are counted without a
-round trip yet shared between workers, held lookup answers follow writes made anywhere, set-based backfill."""
+round trip yet shared between workers, held lookup answers follow writes made anywhere, concurrent cold lookups
+share their reads, set-based backfill."""
 
 from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from multibackend.services import lookup_cache
+from multibackend.services.company_lookup import CombinedReads
 from multibackend.services.webhook_auth import lookup_signature, sign
 from tests.helpers import WEBHOOK, count_rows, dead_database_url
 
@@ -161,3 +164,71 @@ def test_a_large_batch_is_one_set_based_insert(app, clean_database, redis_client
     assert len(created) == 2000 and count_rows(clean_database, "companies") == 2000
     assert sum("json_to_recordset" in statement for statement in statements) == 1
     assert SET_INSERT is not None
+
+
+class GatedReads:
+    """A read_many that records what each read asked for and, while gated, waits until released."""
+
+    def __init__(self, gated: bool):
+        self.asked: list[list[int]] = []
+        self.started = threading.Event()
+        self.release = threading.Event()
+        if not gated:
+            self.release.set()
+        self.failure: Exception | None = None
+
+    def __call__(self, account_ids):
+        self.asked.append(sorted(account_ids))
+        self.started.set()
+        assert self.release.wait(5)
+        if self.failure is not None:
+            raise self.failure
+        return {account_id: f"company {account_id}" for account_id in account_ids if account_id % 2 == 0}
+
+
+def ask_while_a_read_is_in_flight(combined: CombinedReads, reads: GatedReads, later_ids: list[int]):
+    """Start a read of account 2, ask for later_ids while it is in flight, release; every caller's outcome."""
+    with ThreadPoolExecutor(len(later_ids) + 1) as pool:
+        first = pool.submit(combined.find, 2, reads)
+        assert reads.started.wait(5)
+        later = [pool.submit(combined.find, account_id, reads) for account_id in later_ids]
+        deadline = time.monotonic() + 5
+        while len(combined._asked) < len(set(later_ids)):  # every later caller has asked
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        reads.release.set()
+        return first, later
+
+
+def test_lookups_asked_while_a_read_is_in_flight_share_the_next_read():
+    combined, reads = CombinedReads(), GatedReads(gated=True)
+    first, later = ask_while_a_read_is_in_flight(combined, reads, [2, 3, 4, 5, 4])
+    assert first.result() == "company 2"
+    assert [future.result() for future in later] == ["company 2", None, "company 4", None, "company 4"]
+    # the in-flight read never answers those who asked after it started (it may predate their commit): one more
+    assert reads.asked == [[2], [2, 3, 4, 5]]
+
+
+def test_a_failed_shared_read_fails_every_lookup_in_it_and_the_next_read_works():
+    combined, reads = CombinedReads(), GatedReads(gated=True)
+    reads.failure = ConnectionError("database gone")
+    first, later = ask_while_a_read_is_in_flight(combined, reads, [6, 7])
+    for future in [first, *later]:
+        with pytest.raises(ConnectionError):
+            future.result()
+    reads.failure = None
+    assert combined.find(8, reads) == "company 8" and reads.asked[-1] == [8]
+
+
+def test_concurrent_cold_lookups_each_get_their_own_answer(make_app, clean_database):
+    writer, poller = make_app().test_client(), make_app(REDIS_URL="")  # nothing is held: every lookup reads
+    for account_id in range(1, 41, 2):
+        assert writer.post(WEBHOOK, json={"id": account_id, "name": f"Company {account_id}"}).status_code == 200
+
+    def look_up(account_id: int):
+        return account_id, poller.test_client().get(LOOKUP + str(account_id)).json["data"]
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = dict(pool.map(look_up, [*range(1, 41), *range(40, 0, -1)]))
+    assert {account_id for account_id, data in answers.items() if data["exists"]} == set(range(1, 41, 2))
+    assert all(data["company_name"] == f"Company {account_id}" for account_id, data in answers.items() if data["exists"])

@@ -1,13 +1,17 @@
 """The company lookup the iframe polls: the worker's held answers first (no round trip), then PostgreSQL (one round
-trip; and Chatwoot, when self-healing)."""
+trip, shared with the lookups that arrive meanwhile; and Chatwoot, when self-healing)."""
 
 from __future__ import annotations
 
+import os
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import redis
+from flask import current_app
 
-from multibackend.extensions import get_redis, once_more_if_disconnected
+from multibackend.extensions import db, get_redis, once_more_if_disconnected
 from multibackend.models import CompanySnapshot
 from multibackend.schemas import lookup_data
 from multibackend.services import delivery_spool, lookup_cache, self_heal, tenant_provisioning
@@ -36,7 +40,7 @@ def find_or_finish(account_id: int) -> CompanySnapshot | None:
     """The company; else the one a spooled delivery promised (202) now that PostgreSQL is back; else the one
     Chatwoot has (self-healing)."""
     return (
-        tenant_provisioning.find_company(account_id)
+        read_company(account_id)
         or finish_spooled_delivery(account_id)
         or self_heal.heal_missing_company(account_id)
     )
@@ -59,3 +63,59 @@ def finish_spooled_delivery(account_id: int) -> CompanySnapshot | None:
     except redis.RedisError:
         pass  # the replay will find the company already there
     return tenant_provisioning.find_company(account_id)
+
+
+def read_company(account_id: int) -> CompanySnapshot | None:
+    """The company as committed when this call began (PostgreSQL: in a read shared with concurrent lookups)."""
+    if db.engine.dialect.name != "postgresql":
+        return tenant_provisioning.find_company(account_id)
+    extensions = current_app.extensions
+    entry = extensions.get(COMBINED_READS_EXTENSION)
+    if entry is None or entry[0] != os.getpid():
+        entry = extensions[COMBINED_READS_EXTENSION] = (os.getpid(), CombinedReads())
+    return entry[1].find(account_id, tenant_provisioning.find_companies)
+
+
+COMBINED_READS_EXTENSION = "multibackend.combined_reads"
+
+
+@dataclass
+class _Read:
+    done: bool = False
+    found: CompanySnapshot | None = None
+    error: Exception | None = None
+
+
+class CombinedReads:
+    """Cold lookups of one process share round trips: one read is in flight at a time, and every account asked for
+    meanwhile goes into the next read together. A read starts only after all of its accounts were asked for, so it
+    sees every commit that came before the asking (read-your-writes holds)."""
+
+    def __init__(self) -> None:
+        self._turn = threading.Lock()  # held by the one read in flight
+        self._guard = threading.Lock()  # guards _asked
+        self._asked: dict[int, _Read] = {}
+
+    def find(self, account_id: int, read_many: Callable[[Sequence[int]], dict[int, CompanySnapshot]]) -> CompanySnapshot | None:
+        """The account's company as read_many finds it, in a read that started after this call began."""
+        with self._guard:
+            read = self._asked.setdefault(account_id, _Read())
+        with self._turn:
+            if not read.done:
+                with self._guard:
+                    asked, self._asked = self._asked, {}
+                _read_together(asked, read_many)
+        if read.error is not None:
+            raise read.error
+        return read.found
+
+
+def _read_together(asked: dict[int, _Read], read_many: Callable[[Sequence[int]], dict[int, CompanySnapshot]]) -> None:
+    try:
+        found = read_many(list(asked))
+    except Exception as exc:  # every lookup of this read fails as it would have alone
+        for read in asked.values():
+            read.error, read.done = exc, True
+        return
+    for account_id, read in asked.items():
+        read.found, read.done = found.get(account_id), True

@@ -10,11 +10,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import redis
-from sqlalchemy import bindparam, select
+from sqlalchemy import String, any_, bindparam, select
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import SQLAlchemyError
 
 from multibackend.clock import iso_utc
-from multibackend.extensions import db, get_redis, is_transient, run_alone
+from multibackend.extensions import db, get_redis, is_transient, rows_alone, run_alone
 from multibackend.models import Company, CompanySnapshot
 from multibackend.services import sync_metrics
 from multibackend.services.companies import (
@@ -119,7 +120,7 @@ def _company_for(write: CompanyWrite, account_id: int, company_name: str, chatwo
     return existing, False
 
 
-FIND_COMPANY = select(
+SNAPSHOT_COLUMNS = (
     Company.company_id,
     Company.company_name,
     Company.chatwoot_account_id,
@@ -128,13 +129,23 @@ FIND_COMPANY = select(
     Company.provisioning_status,
     Company.chatwoot_status,
     Company.created_at,
-).where(Company.chatwoot_account_id == bindparam("account_id"))
+)
+FIND_COMPANY = select(*SNAPSHOT_COLUMNS).where(Company.chatwoot_account_id == bindparam("account_id"))
+FIND_COMPANIES = select(*SNAPSHOT_COLUMNS).where(
+    Company.chatwoot_account_id == any_(bindparam("account_ids", type_=postgresql.ARRAY(String)))
+)
 
 
 def find_company(account_id: int) -> CompanySnapshot | None:
     """The company of a Chatwoot account, or None: one round trip, no transaction to open or close."""
     row = run_alone(FIND_COMPANY, {"account_id": str(account_id)})
     return CompanySnapshot.of(row) if row is not None else None
+
+
+def find_companies(account_ids: Sequence[int]) -> dict[int, CompanySnapshot]:
+    """The companies of these Chatwoot accounts, by account id, in one round trip (PostgreSQL only)."""
+    rows = rows_alone(FIND_COMPANIES, {"account_ids": [str(account_id) for account_id in account_ids]})
+    return {int(row.chatwoot_account_id): CompanySnapshot.of(row) for row in rows}
 
 
 def provision_services(companies: Sequence[Company]) -> str:
