@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
+import gc
 import logging
 import signal
 import sys
@@ -28,6 +31,16 @@ PROGRESS_THRESHOLD = 2000
 @click.group("chatwoot")
 def chatwoot_cli() -> None:
     """Chatwoot auto-sync maintenance."""
+    leave_objects_to_the_os_at_exit()
+
+
+@functools.cache  # once per process
+def leave_objects_to_the_os_at_exit() -> None:
+    """When the command's process exits, Python's last garbage collections skip every object alive by then
+    (gc.freeze): with Flask, SQLAlchemy, psycopg and redis loaded they cost about 0.2 s of a command's run, to free
+    memory the OS frees anyway. Every atexit handler still runs; only what a __del__ in a reference cycle would have
+    done at exit is left undone, which Python never promised."""
+    atexit.register(gc.freeze)
 
 
 @chatwoot_cli.command("init-db")

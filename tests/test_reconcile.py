@@ -524,3 +524,41 @@ def test_watch_mode_runs_until_sigterm(database_url, redis_url, clean_database):
 def test_procfile_has_a_reconcile_worker():
     lines = dict(line.split(":", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line.strip())
     assert "chatwoot reconcile --watch --interval" in lines["worker"]
+
+
+def test_chatwoot_batches_read_ahead_come_in_order_and_end_with_the_reader(app):
+    from multibackend.services.chatwoot_source import SourceError
+    from multibackend.services.reconciler import read_ahead
+
+    closed = []
+
+    def listing(fail_after: int | None = None):
+        try:
+            for number in range(1, 6):
+                if number == fail_after:
+                    raise SourceError("Chatwoot went away")
+                yield [number]
+        finally:
+            closed.append(fail_after)
+
+    with app.app_context():
+        assert list(read_ahead(listing())) == [[1], [2], [3], [4], [5]]
+        taken = []
+        with pytest.raises(SourceError):
+            for batch in read_ahead(listing(fail_after=3)):
+                taken.append(batch)
+        assert taken == [[1], [2]]
+        reader = read_ahead(listing(fail_after=99))
+        assert next(reader) == [1]
+        reader.close()  # the caller stopped early (a failed write): the listing is closed, not left open
+    assert closed == [None, 3, 99]
+
+
+def test_a_command_leaves_its_objects_to_the_os_at_exit_and_still_runs_every_atexit_handler(database_url, clean_database):
+    said_at_exit = "import atexit, gc; atexit.register(lambda: print('frozen at exit:', gc.get_freeze_count() > 0))"
+    completed = subprocess.run(
+        [sys.executable, "-c", f"{said_at_exit}; from flask.cli import main; main()", "--app", "wsgi", "chatwoot", "init-db"],
+        cwd=ROOT, env={**os.environ, "DATABASE_URL": database_url}, capture_output=True, text=True, timeout=60,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "Schema applied" in completed.stdout and "frozen at exit: True" in completed.stdout

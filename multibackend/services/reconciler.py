@@ -7,9 +7,10 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ContextManager
+from typing import Any, ContextManager, TypeVar
 
 import redis
 from flask import current_app
@@ -26,6 +27,7 @@ from multibackend.services.doctor import chatwoot_command
 from multibackend.services.chatwoot_source import ChatwootAccount, ChatwootDatabaseSource, ChatwootSource, SourceError, chatwoot_source
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 RECONCILE_LOCK_KEY = 4242002
 MAX_DELETION_CHECKS_PER_RUN = 200
@@ -159,7 +161,7 @@ def sync_with_chatwoot(summary: ReconcileSummary, dry_run: bool, progress: Progr
     listing_started = utcnow()  # companies created after this may be missing from the listing: never "gone"
     try:
         with progress("Chatwoot accounts", source.count()) as advance:
-            for batch in source.accounts(current_app.config["RECONCILE_BATCH_SIZE"]):
+            for batch in read_ahead(source.accounts(current_app.config["RECONCILE_BATCH_SIZE"])):
                 seen.update(account.id for account in batch)
                 _apply_accounts(batch, summary, dry_run)
                 advance(len(batch))
@@ -167,6 +169,28 @@ def sync_with_chatwoot(summary: ReconcileSummary, dry_run: bool, progress: Progr
         summary.problem(f"{source.description} could not be read: {exc}")
         return
     _mark_gone_accounts(source, seen, listing_started, summary, dry_run)
+
+
+def read_ahead(batches: Iterator[T]) -> Iterator[T]:
+    """The same batches, in order, each next one read on a thread (in this app's context) while the caller writes
+    the current one: Chatwoot is read while PostgreSQL and Redis are busy with the write."""
+    app = current_app._get_current_object()
+
+    def read_next() -> T | None:
+        with app.app_context():
+            return next(batches, None)
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="chatwoot-read-ahead")
+    try:
+        pending = pool.submit(read_next)
+        while (batch := pending.result()) is not None:
+            pending = pool.submit(read_next)
+            yield batch
+    finally:
+        pool.shutdown(wait=True)
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
 
 
 def _apply_accounts(batch: list[ChatwootAccount], summary: ReconcileSummary, dry_run: bool) -> None:
@@ -332,7 +356,7 @@ def sync_dashboard_tabs(summary: ReconcileSummary, dry_run: bool, progress: Prog
     skipped = 0
     try:
         with progress("Company tabs", source.count()) as advance:
-            for batch in source.accounts(current_app.config["RECONCILE_BATCH_SIZE"]):
+            for batch in read_ahead(source.accounts(current_app.config["RECONCILE_BATCH_SIZE"])):
                 changes = dashboard_tabs.ensure_tabs([account.id for account in batch], dry_run=dry_run)
                 summary.tabs_created += len(changes.created)
                 summary.tabs_updated += len(changes.updated)
