@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from multibackend.services import lookup_cache
-from multibackend.services.company_lookup import CombinedReads
+from multibackend.round_trips import SharedRoundTrips
 from multibackend.services.webhook_auth import lookup_signature, sign
 from tests.helpers import WEBHOOK, count_rows, dead_database_url
 
@@ -166,58 +166,66 @@ def test_a_large_batch_is_one_set_based_insert(app, clean_database, redis_client
     assert SET_INSERT is not None
 
 
-class GatedReads:
-    """A read_many that records what each read asked for and, while gated, waits until released."""
+class GatedRoundTrips:
+    """A run_together that records the keys of each round trip and, while gated, waits until released; even
+    accounts exist ("company <id>"), odd ones do not."""
 
-    def __init__(self, gated: bool):
+    def __init__(self):
         self.asked: list[list[int]] = []
         self.started = threading.Event()
         self.release = threading.Event()
-        if not gated:
-            self.release.set()
         self.failure: Exception | None = None
 
-    def __call__(self, account_ids):
-        self.asked.append(sorted(account_ids))
+    def __call__(self, asks):
+        self.asked.append(sorted(ask.key for ask in asks))
         self.started.set()
         assert self.release.wait(5)
-        if self.failure is not None:
-            raise self.failure
-        return {account_id: f"company {account_id}" for account_id in account_ids if account_id % 2 == 0}
+        for ask in asks:
+            if self.failure is not None:
+                ask.error = self.failure
+            else:
+                ask.result = f"company {ask.key}" if ask.key % 2 == 0 else None
 
 
-def ask_while_a_read_is_in_flight(combined: CombinedReads, reads: GatedReads, later_ids: list[int]):
-    """Start a read of account 2, ask for later_ids while it is in flight, release; every caller's outcome."""
-    with ThreadPoolExecutor(len(later_ids) + 1) as pool:
-        first = pool.submit(combined.find, 2, reads)
-        assert reads.started.wait(5)
-        later = [pool.submit(combined.find, account_id, reads) for account_id in later_ids]
+def ask_while_a_round_trip_is_in_flight(shared: SharedRoundTrips, trips: GatedRoundTrips, later_keys: list[int], **options):
+    """Start a round trip for key 2, ask for later_keys while it is in flight, release; every caller's ask."""
+    with ThreadPoolExecutor(len(later_keys) + 1) as pool:
+        first = pool.submit(shared.ask, 2)
+        assert trips.started.wait(5)
+        later = [pool.submit(shared.ask, key, None, **options) for key in later_keys]
         deadline = time.monotonic() + 5
-        while len(combined._asked) < len(set(later_ids)):  # every later caller has asked
+        while shared.waiting < len(set(later_keys)):  # every later caller has asked
             assert time.monotonic() < deadline
             time.sleep(0.001)
-        reads.release.set()
-        return first, later
+        time.sleep(0.05)  # a refused duplicate returns at once; give it the time to
+        trips.release.set()
+        return first.result(), [future.result() for future in later]
 
 
-def test_lookups_asked_while_a_read_is_in_flight_share_the_next_read():
-    combined, reads = CombinedReads(), GatedReads(gated=True)
-    first, later = ask_while_a_read_is_in_flight(combined, reads, [2, 3, 4, 5, 4])
-    assert first.result() == "company 2"
-    assert [future.result() for future in later] == ["company 2", None, "company 4", None, "company 4"]
-    # the in-flight read never answers those who asked after it started (it may predate their commit): one more
-    assert reads.asked == [[2], [2, 3, 4, 5]]
+def test_callers_who_ask_while_a_round_trip_is_in_flight_share_the_next_one():
+    trips = GatedRoundTrips()
+    first, later = ask_while_a_round_trip_is_in_flight(SharedRoundTrips(trips), trips, [2, 3, 4, 5, 4])
+    assert first.result == "company 2"
+    assert [ask.result for ask in later] == ["company 2", None, "company 4", None, "company 4"]
+    # the round trip in flight never answers those who asked after it started (it may predate their commit)
+    assert trips.asked == [[2], [2, 3, 4, 5]]
 
 
-def test_a_failed_shared_read_fails_every_lookup_in_it_and_the_next_read_works():
-    combined, reads = CombinedReads(), GatedReads(gated=True)
-    reads.failure = ConnectionError("database gone")
-    first, later = ask_while_a_read_is_in_flight(combined, reads, [6, 7])
-    for future in [first, *later]:
-        with pytest.raises(ConnectionError):
-            future.result()
-    reads.failure = None
-    assert combined.find(8, reads) == "company 8" and reads.asked[-1] == [8]
+def test_a_key_already_waiting_can_be_refused_instead_of_shared():
+    trips = GatedRoundTrips()
+    _, later = ask_while_a_round_trip_is_in_flight(SharedRoundTrips(trips), trips, [6, 8, 6], share_key=False)
+    assert [ask.result if ask else "refused" for ask in later] in (["company 6", "company 8", "refused"], ["refused", "company 8", "company 6"])
+    assert trips.asked == [[2], [6, 8]]
+
+
+def test_a_failed_round_trip_fails_every_caller_in_it_and_the_next_one_works():
+    trips = GatedRoundTrips()
+    shared = SharedRoundTrips(trips)
+    trips.failure = ConnectionError("database gone")
+    first, later = ask_while_a_round_trip_is_in_flight(shared, trips, [6, 7])
+    assert all(isinstance(ask.error, ConnectionError) and ask.done for ask in [first, *later])
+    trips.failure = None
+    assert shared.ask(8).result == "company 8" and trips.asked[-1] == [8]
 
 
 def test_concurrent_cold_lookups_each_get_their_own_answer(make_app, clean_database):

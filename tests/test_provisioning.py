@@ -144,6 +144,48 @@ def test_concurrent_duplicates_in_threads_make_one_company(app, clean_database, 
     assert redis_client.llen(SPOOL_KEY) == 0
 
 
+def wait_for(condition, what: str, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.005)
+
+
+def test_deliveries_arriving_while_a_creation_is_in_flight_are_created_together(app, clean_database, redis_client):
+    def deliver_alone(account_id):
+        response = deliver(app.test_client(), {"id": account_id, "name": f"Together {account_id}"})
+        return response.status_code, response.json["data"]
+
+    def waiting_in_the_database():  # outside the blocker's transaction, which would see one snapshot of the view
+        return watcher.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'").fetchone()[0]
+
+    with psycopg.connect(clean_database, autocommit=False) as blocker, psycopg.connect(clean_database, autocommit=True) as watcher, \
+            ThreadPoolExecutor(11) as pool:
+        # an uncommitted row of account 500 holds the first creation in flight (waiting on the unique index)
+        blocker.execute(
+            "INSERT INTO companies (company_id, company_name, chatwoot_account_id, redis_prefix, vectorstore_index)"
+            " VALUES ('chatwoot_500', 'Blocker', '500', 'chatwoot_500:', 'chatwoot_500_documents')"
+        )
+        first = pool.submit(deliver_alone, 500)
+        wait_for(lambda: waiting_in_the_database() == 1, "the first creation to wait on the lock")
+        later = [pool.submit(deliver_alone, account_id) for account_id in range(501, 511)]
+        shared = app.extensions["multibackend.round_trips.creations"][1]
+        wait_for(lambda: shared.waiting == 10, "ten deliveries to wait for the next creation")
+        blocker.rollback()
+        answers = [first.result(), *(future.result() for future in later)]
+    assert [(status, data["created"], data["company_id"]) for status, data in answers] == [
+        (200, True, f"chatwoot_{account_id}") for account_id in range(500, 511)
+    ]
+    with psycopg.connect(clean_database) as connection:
+        transactions, companies, events = connection.execute(
+            "SELECT count(DISTINCT c.xmin::text), count(DISTINCT c.id), count(e.id) FROM companies c"
+            " JOIN chatwoot_sync_events e ON e.chatwoot_account_id = c.chatwoot_account_id"
+            " WHERE c.chatwoot_account_id::bigint BETWEEN 501 AND 510"
+        ).fetchone()
+    assert (transactions, companies, events) == (1, 10, 10)  # one commit for the ten, one sync event each
+    assert all(redis_client.hget(f"chatwoot_{account_id}:tenant", "company_id") for account_id in range(500, 511))
+
+
 def test_database_down_spools_the_delivery_and_answers_202(make_app, clean_database, redis_client):
     client = make_app(DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere").test_client()
     response = deliver(client)

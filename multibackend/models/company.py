@@ -6,7 +6,7 @@ its attempts. What Chatwoot says of the account (`chatwoot_status`) is followed,
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -175,7 +175,10 @@ class CompanySnapshot:
         )
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {name: getattr(self, name) for name in SNAPSHOT_FIELDS}
+
+
+SNAPSHOT_FIELDS = tuple(field.name for field in fields(CompanySnapshot))
 
 
 class TenantAnnouncement(Base):

@@ -28,7 +28,7 @@ from sqlalchemy.orm import ORMExecuteState, Session
 
 from multibackend.background import BackgroundBatches
 from multibackend.clock import utcnow
-from multibackend.extensions import db, one_of, run_alone
+from multibackend.extensions import db, one_of, rows_alone, run_alone
 from multibackend.models import Company, CompanySnapshot, SyncEvent, TenantAnnouncement
 from multibackend.services import lookup_cache
 from multibackend.services.tenant_naming import tenant_names
@@ -235,6 +235,27 @@ def create_alone(draft: Company, latency_ms: float) -> CompanyWrite | None:
     return write
 
 
+def create_together(drafts: Sequence[Any], latencies_ms: Sequence[float]) -> tuple[CompanyWrite, dict[str, int]]:
+    """create_alone() for several delivered accounts at once (distinct accounts, drafts ready): one statement writes
+    every company that has none yet, with its sync event (the matching latency) and its outbox row, in one commit;
+    then announced. Returns the write and the primary key of each company created, by account id (an account
+    missing there already had a company: nothing written for it). Raises SQLAlchemyError, with nothing written."""
+    write = CompanyWrite()
+    token = _current_write.set(write)
+    try:
+        owe = bool(tenant_provisioned.receivers)
+        parameters = _set_insert_parameters([vars(draft) for draft in drafts], latencies_ms)
+        rows = rows_alone(CREATE_TOGETHER, {**parameters, "owe": owe}, host_statement_timeout_ms())
+    finally:
+        _current_write.reset(token)
+    snapshots = {row.id: CompanySnapshot.of(row) for row in rows}
+    write.snapshots, write.inserted = snapshots, set(snapshots)
+    write.owed = [(row.id, snapshots[row.id]) for row in rows if row.provisioning_status == "ready"]
+    write.outbox_written = owe and bool(write.owed)
+    _after_commit(write)
+    return write, {row.chatwoot_account_id: row.id for row in rows}
+
+
 def _after_commit(write: CompanyWrite) -> None:
     # a company this write inserted had no row before it, so no worker holds an answer for it: nothing to drop
     changed = {
@@ -389,26 +410,46 @@ def _insert_statement(count: int) -> Any:
 
 SET_BASED_FROM = 8  # more rows than this: one set-based statement of constant text (the rows as one JSON value)
 _SET_INSERT_KEYS = tuple(f"c{index}" for index in range(len(ROW_COLUMNS)))  # short JSON keys, in ROW_COLUMNS order
+_ROWS_AS_RECORDS = (
+    "json_to_recordset(CAST(:rows AS json)) AS r("
+    + ", ".join(f"{key} {'timestamptz' if column.endswith('_at') else 'text'}" for key, column in zip(_SET_INSERT_KEYS, ROW_COLUMNS))
+)
 _SET_INSERT = (
     f"INSERT INTO companies ({', '.join(ROW_COLUMNS[:6])}, provisioning_attempts, chatwoot_status, created_at, updated_at)"
     f" SELECT {', '.join(_SET_INSERT_KEYS[:6])}, 0, {', '.join(_SET_INSERT_KEYS[6:])}"
-    " FROM json_to_recordset(CAST(:rows AS json)) AS r("
-    + ", ".join(f"{key} {'timestamptz' if column.endswith('_at') else 'text'}" for key, column in zip(_SET_INSERT_KEYS, ROW_COLUMNS))
-    + ") ON CONFLICT DO NOTHING RETURNING "
+    f" FROM {_ROWS_AS_RECORDS}) ON CONFLICT DO NOTHING RETURNING "
 )
 SET_INSERT = text(_SET_INSERT + ", ".join(Company.__table__.columns.keys()))
 SET_INSERT_KEYS = text(_SET_INSERT + "chatwoot_account_id, id")
 
 
-def _set_insert_parameters(rows: Sequence[dict[str, Any]]) -> dict[str, str]:
+def _set_insert_parameters(rows: Sequence[dict[str, Any]], latencies_ms: Sequence[float] | None = None) -> dict[str, str]:
     """The rows as one JSON value, short keys (json_to_recordset reads them faster than array elements, and they
-    cost less to encode than column names); datetimes as ISO 8601, which PostgreSQL reads as timestamptz."""
+    cost less to encode than column names); datetimes as ISO 8601, which PostgreSQL reads as timestamptz. With
+    latencies_ms, each row also carries its delivery's latency (key "l")."""
     isoformat = cache(datetime.isoformat)  # a batch shares one moment: formatted once
     values = [
         dict(zip(_SET_INSERT_KEYS, (*(row[column] for column in ROW_COLUMNS[:7]), isoformat(row["created_at"]), isoformat(row["updated_at"]))))
         for row in rows
     ]
+    for value, latency_ms in zip(values, latencies_ms or ()):
+        value["l"] = round(latency_ms, 3)
     return {"rows": json.dumps(values, separators=(",", ":"))}
+
+
+# create_alone() for many rows; inserted in account order, so two such statements sharing accounts cannot deadlock
+CREATE_TOGETHER = text(
+    f"WITH input AS (SELECT * FROM {_ROWS_AS_RECORDS}, l float8)),"
+    f" company AS (INSERT INTO companies ({', '.join(ROW_COLUMNS[:6])}, provisioning_attempts, chatwoot_status, created_at, updated_at)"
+    f"  SELECT {', '.join(_SET_INSERT_KEYS[:6])}, 0, {', '.join(_SET_INSERT_KEYS[6:])} FROM input ORDER BY c2"
+    "  ON CONFLICT DO NOTHING RETURNING *),"
+    f" event AS (INSERT INTO {SyncEvent.__tablename__} (chatwoot_account_id, company_id, outcome, created, latency_ms, error, created_at)"
+    "  SELECT company.chatwoot_account_id, company.company_id, 'success', true, input.l, company.provisioning_error,"
+    "  company.created_at FROM company JOIN input ON input.c2 = company.chatwoot_account_id),"
+    f" owed AS (INSERT INTO {TenantAnnouncement.__tablename__} (company_pk, created_at)"
+    "  SELECT id, created_at FROM company WHERE provisioning_status = 'ready' AND :owe)"
+    f" SELECT {', '.join('company.' + name for name in Company.__table__.columns.keys())} FROM company"
+)
 
 
 CREATED_ALONE_COLUMNS = (

@@ -3,16 +3,13 @@ trip, shared with the lookups that arrive meanwhile; and Chatwoot, when self-hea
 
 from __future__ import annotations
 
-import os
-import threading
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import redis
-from flask import current_app
 
 from multibackend.extensions import db, get_redis, once_more_if_disconnected
 from multibackend.models import CompanySnapshot
+from multibackend.round_trips import Ask, shared_round_trips
 from multibackend.schemas import lookup_data
 from multibackend.services import delivery_spool, lookup_cache, self_heal, tenant_provisioning
 
@@ -66,56 +63,23 @@ def finish_spooled_delivery(account_id: int) -> CompanySnapshot | None:
 
 
 def read_company(account_id: int) -> CompanySnapshot | None:
-    """The company as committed when this call began (PostgreSQL: in a read shared with concurrent lookups)."""
+    """The company as committed when this call began (PostgreSQL: in one read shared with the lookups that arrive
+    while another read is in flight)."""
     if db.engine.dialect.name != "postgresql":
         return tenant_provisioning.find_company(account_id)
-    extensions = current_app.extensions
-    entry = extensions.get(COMBINED_READS_EXTENSION)
-    if entry is None or entry[0] != os.getpid():
-        entry = extensions[COMBINED_READS_EXTENSION] = (os.getpid(), CombinedReads())
-    return entry[1].find(account_id, tenant_provisioning.find_companies)
+    ask = shared_round_trips("company_reads", read_together).ask(account_id)
+    if ask.error is not None:
+        raise ask.error
+    return ask.result
 
 
-COMBINED_READS_EXTENSION = "multibackend.combined_reads"
-
-
-@dataclass
-class _Read:
-    done: bool = False
-    found: CompanySnapshot | None = None
-    error: Exception | None = None
-
-
-class CombinedReads:
-    """Cold lookups of one process share round trips: one read is in flight at a time, and every account asked for
-    meanwhile goes into the next read together. A read starts only after all of its accounts were asked for, so it
-    sees every commit that came before the asking (read-your-writes holds)."""
-
-    def __init__(self) -> None:
-        self._turn = threading.Lock()  # held by the one read in flight
-        self._guard = threading.Lock()  # guards _asked
-        self._asked: dict[int, _Read] = {}
-
-    def find(self, account_id: int, read_many: Callable[[Sequence[int]], dict[int, CompanySnapshot]]) -> CompanySnapshot | None:
-        """The account's company as read_many finds it, in a read that started after this call began."""
-        with self._guard:
-            read = self._asked.setdefault(account_id, _Read())
-        with self._turn:
-            if not read.done:
-                with self._guard:
-                    asked, self._asked = self._asked, {}
-                _read_together(asked, read_many)
-        if read.error is not None:
-            raise read.error
-        return read.found
-
-
-def _read_together(asked: dict[int, _Read], read_many: Callable[[Sequence[int]], dict[int, CompanySnapshot]]) -> None:
+def read_together(asks: list[Ask]) -> None:
+    """Every asked account's company in one read; if it fails, every lookup in it fails as it would have alone."""
     try:
-        found = read_many(list(asked))
-    except Exception as exc:  # every lookup of this read fails as it would have alone
-        for read in asked.values():
-            read.error, read.done = exc, True
+        found = tenant_provisioning.find_companies([ask.key for ask in asks])
+    except Exception as exc:
+        for ask in asks:
+            ask.error = exc
         return
-    for account_id, read in asked.items():
-        read.found, read.done = found.get(account_id), True
+    for ask in asks:
+        ask.result = found.get(ask.key)

@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from multibackend.clock import iso_utc
 from multibackend.extensions import db, get_redis, is_transient, rows_alone, run_alone
 from multibackend.models import Company, CompanySnapshot
+from multibackend.round_trips import Ask, shared_round_trips
 from multibackend.services import sync_metrics
 from multibackend.services.companies import (
     CompanyWrite,
@@ -25,6 +26,7 @@ from multibackend.services.companies import (
     company_row,
     company_write,
     create_alone,
+    create_together,
     record_failed_attempt,
     tenant_provisioned,
 )
@@ -57,7 +59,7 @@ def provision_account(
     logger.info("[Chatwoot Sync] Creating company: %s", names.company_id)
     try:
         fast = record_sync and can_create_alone()
-        result = _create_alone(account_id, company_name, chatwoot_status, started) if fast else None
+        result = _create_delivered(company_row(account_id, company_name, chatwoot_status), started) if fast else None
         if result is None:
             result = _provision_in_write(account_id, company_name, chatwoot_status, started if record_sync else None, namespace_written=fast)
     except SQLAlchemyError as exc:
@@ -70,11 +72,24 @@ def provision_account(
     return result
 
 
-def _create_alone(account_id: int, company_name: str, chatwoot_status: str, started: float) -> ProvisioningResult | None:
+def _create_delivered(row: dict[str, Any], started: float) -> ProvisioningResult | None:
+    """The delivered account's company, created together with the other new accounts this process is creating at
+    the same moment (one Redis pipeline, one statement and one durable commit for all of them; each delivery is
+    still answered only after its own company is committed), or alone; None when the account already has one."""
+    ask = None
+    if get_redis() is not None:  # another delivery of the same account already waiting: this one creates alone
+        ask = shared_round_trips("creations", create_together_now).ask(row["chatwoot_account_id"], (row, started), share_key=False)
+    if ask is None or ask.alone:
+        return _create_alone(row, started, ask.result if ask is not None else None)
+    if ask.error is not None:
+        raise ask.error
+    return ask.result
+
+
+def _create_alone(row: dict[str, Any], started: float, redis_failure: redis.RedisError | None = None) -> ProvisioningResult | None:
     """Services first (one pipeline), then the company with its sync event in one statement; None when the account
     already has a company."""
-    draft = Company(**company_row(account_id, company_name, chatwoot_status))
-    redis_step = provision_services([draft])
+    draft, redis_step = _provisioned_draft(row, redis_failure)
     try:
         write = create_alone(draft, _elapsed_ms(started))
     except SQLAlchemyError as exc:
@@ -85,8 +100,65 @@ def _create_alone(account_id: int, company_name: str, chatwoot_status: str, star
         return None
     snapshot = next(iter(write.snapshots.values()))
     if write.unannounced:  # a receiver failed: the company is pending again
-        snapshot = find_company(account_id) or snapshot
+        snapshot = find_company(int(row["chatwoot_account_id"])) or snapshot
     return ProvisioningResult(snapshot, True, redis_step)
+
+
+def _provisioned_draft(row: dict[str, Any], redis_failure: redis.RedisError | None = None) -> tuple[Any, str]:
+    """A delivered company's draft once its services were provisioned, and how that went (see provision_services):
+    plain attributes when its one pipeline goes through (no ORM object: the usual case costs less), else a Company
+    whose status says why (redis_failure: Redis was just found unreachable for it, not tried again)."""
+    client = get_redis()
+    if client is not None:
+        draft = _ready_draft(row)
+        try:
+            if redis_failure is not None:
+                raise redis_failure
+            _send_namespaces(client, [draft])
+            return draft, "ready"
+        except redis.RedisError as exc:
+            company = Company(**row)
+            return company, _record_unreachable_redis([company], exc)
+    company = Company(**row)
+    return company, provision_services([company])
+
+
+def _ready_draft(row: dict[str, Any]) -> SimpleNamespace:
+    return SimpleNamespace(**row, provisioning_error=None, provisioning_attempts=0, next_provisioning_at=None)
+
+
+def create_together_now(asks: list[Ask]) -> None:
+    """Create the asked accounts' companies (ask.value: row and start), setting each ask's result (None: the account
+    already had a company), error, or `alone` with, as result, the Redis error its own creation must record."""
+    try:
+        if len(asks) == 1:
+            asks[0].result = _create_alone(*asks[0].value)
+            return
+        drafts = [_ready_draft(row) for row, _ in (ask.value for ask in asks)]
+        try:
+            _send_namespaces(get_redis(), drafts)
+        except redis.RedisError as exc:
+            for ask in asks:
+                ask.alone, ask.result = True, exc
+            return
+        try:
+            write, created = create_together(drafts, [_elapsed_ms(started) for _, started in (ask.value for ask in asks)])
+        except SQLAlchemyError as exc:
+            for ask in asks:  # a transient failure is every delivery's; a refusal may be one row's: each tries alone
+                ask.error, ask.alone = exc, not is_transient(exc)
+            return
+        unannounced = {snapshot.company_id for snapshot in write.unannounced}
+        for ask, draft in zip(asks, drafts):
+            pk = created.get(draft.chatwoot_account_id)
+            if pk is not None:
+                snapshot = write.snapshots[pk]
+                if snapshot.company_id in unannounced:  # a receiver failed: the company is pending again
+                    snapshot = find_company(int(draft.chatwoot_account_id)) or snapshot
+                ask.result = ProvisioningResult(snapshot, True, "ready")
+    except Exception as exc:
+        for ask in asks:
+            if ask.result is None and ask.error is None:
+                ask.error = exc
 
 
 def _provision_in_write(
@@ -165,14 +237,19 @@ def provision_services(companies: Sequence[Company]) -> str:
     try:
         _send_namespaces(client, companies)
     except redis.RedisError as exc:
-        reason = f"Redis unavailable ({type(exc).__name__}); the company is kept and provisioning will be retried"
-        for company in companies:
-            logger.error("[Chatwoot Sync] Error: %s for %s", reason, company.company_id)
-            record_failed_attempt(company, reason)
-        return "failed"
+        return _record_unreachable_redis(companies, exc)
     for company in companies:
         company.mark_ready()
     return "ready"
+
+
+def _record_unreachable_redis(companies: Sequence[Company], exc: redis.RedisError) -> str:
+    """Say why, and count a failed attempt on each company (pending, retried with backoff); returns "failed"."""
+    reason = f"Redis unavailable ({type(exc).__name__}); the company is kept and provisioning will be retried"
+    for company in companies:
+        logger.error("[Chatwoot Sync] Error: %s for %s", reason, company.company_id)
+        record_failed_attempt(company, reason)
+    return "failed"
 
 
 def create_provisioned(write: CompanyWrite, rows: Sequence[dict[str, Any]]) -> dict[int, Any]:
