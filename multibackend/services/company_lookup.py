@@ -74,9 +74,14 @@ def read_company(account_id: int) -> CompanySnapshot | None:
 
 
 def read_together(asks: list[Ask]) -> None:
-    """Every asked account's company in one read; if it fails, every lookup in it fails as it would have alone."""
+    """Every asked account's company in one read (a lone one by equality, which PostgreSQL answers faster than
+    `= ANY`); if it fails, every lookup in it fails as it would have alone."""
     try:
-        found = tenant_provisioning.find_companies([ask.key for ask in asks])
+        if len(asks) == 1:
+            company = tenant_provisioning.find_company(asks[0].key)
+            found = {asks[0].key: company} if company is not None else {}
+        else:
+            found = tenant_provisioning.find_companies([ask.key for ask in asks])
     except Exception as exc:
         for ask in asks:
             ask.error = exc
