@@ -10,7 +10,7 @@ from typing import Any
 
 from bench.loadgen import LoadResult
 from bench.machine import BUSY_WARNING_SHARE
-from bench.scenarios import BUDGETS
+from bench.scenarios import BACKFILL_SCENARIO, BUDGETS
 
 BASELINE = "baseline"
 
@@ -90,6 +90,8 @@ def format_table(rows: Mapping[str, Row]) -> str:
             f"{_figure(row.rps_ratio)}x", _figure(row.p50_ratio), _figure(row.p99_ratio),
             f"{row.rps:,.0f}", f"{row.p50_ms:.2f}", f"{row.p99_ms:.2f}", _errors_text(row),
         )
+        if row.scenario != BACKFILL_SCENARIO
+        else (row.scenario, "-", "-", "-", "-", f"wall {row.p50_ms / 1000:.2f} s", f"max {row.p99_ms / 1000:.2f} s", _errors_text(row))
         for row in rows.values()
     ]
     table = _align([header, *lines])

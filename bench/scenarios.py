@@ -74,8 +74,9 @@ def _webhook_new(c: LoadContext) -> RequestSpec:
 
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("baseline", "baseline", lambda c: RequestSpec("GET", "/")),
-    Scenario(  # iframes polling the same 1,000 existing accounts
+    Scenario(  # iframes polling the same 1,000 existing accounts (again on 1,000,000 companies: the same accounts asked)
         "lookup-hot", "app", lambda c: RequestSpec("GET", LOOKUP_PATH, id_mode="random", id_low=1, id_high=min(HOT_IDS, c.companies)),
+        also_on_large_dataset=True,
     ),
     Scenario(
         "lookup-hit", "app",
@@ -159,6 +160,10 @@ BUDGETS: tuple[Budget, ...] = (
     Budget(
         f"lookup-hit{LARGE_SUFFIX} p50 (1,000,000 companies) <= 1.2 x lookup-hit{SMALL_SUFFIX} p50",
         _p50_against_small("lookup-hit"), 1.2, at_most=True, unit="x",
+    ),
+    Budget(  # not the issue's: the same 1,000 accounts asked of 1,000,000 companies as of 1,000 (both held)
+        f"lookup-hot{LARGE_SUFFIX} p50 (same 1,000 accounts, 1,000,000 companies) <= 1.2 x lookup-hit{SMALL_SUFFIX} p50",
+        lambda rows: rows[f"lookup-hot{LARGE_SUFFIX}"].p50_ms / rows[f"lookup-hit{SMALL_SUFFIX}"].p50_ms, 1.2, at_most=True, unit="x",
     ),
     Budget(  # not the issue's: the same comparison where both sizes read PostgreSQL (nothing is held)
         f"lookup-miss{LARGE_SUFFIX} p50 (1,000,000 companies) <= 1.2 x lookup-miss{SMALL_SUFFIX} p50",
