@@ -160,7 +160,7 @@ class Bench:
         self.results: dict[str, LoadResult] = {}
         self.background_cpu: dict[str, float] = {}  # CPU share busy just before each measured run
         # per scenario, (scenario req/s, baseline req/s) of each measured run and the baseline run just before it
-        self.pairs: dict[str, list[tuple[float, float]]] = {}
+        self.pairs: dict[str, list[report.Pair]] = {}
         self.check = CommitCheck()
         self.load_seconds: dict[str, float] = {}
         self.workers = 0
@@ -267,7 +267,7 @@ class Bench:
             reference = self.load_run(BASELINE_SCENARIO, dataset, baseline, self.profile.duration_s) if baseline else None
             runs.append(self.load_run(scenario, dataset, server, self.profile.duration_s))
             if reference is not None:
-                self.pairs.setdefault(label, []).append((runs[-1].rps, reference.rps))
+                self.pairs.setdefault(label, []).append(report.Pair(runs[-1].rps, reference.rps, runs[-1].p50_ms, reference.p50_ms))
         result = median_result(runs)
         paired = report.paired_ratio(self.pairs.get(label, []))
         self.log(
@@ -323,7 +323,7 @@ class Bench:
             },
             "scenarios": rows,
             "raw": {name: {**asdict(result), "acked": len(result.acked)} for name, result in self.results.items()},
-            "paired_runs": {name: [{"rps": rps, "baseline_rps": base} for rps, base in pairs] for name, pairs in self.pairs.items()},
+            "paired_runs": {name: [asdict(pair) for pair in pairs] for name, pairs in self.pairs.items()},
             "budgets": budgets,
             "webhook_commit_check": self.check.as_dict(),
         }

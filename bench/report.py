@@ -33,18 +33,27 @@ class Row:
     background_cpu: float | None = None  # CPU share busy with other work just before the run
 
 
-def paired_ratio(pairs: Sequence[tuple[float, float]]) -> float | None:
-    """The median of (scenario req/s / req/s of the baseline run just before it) over the measured runs."""
-    ratios = sorted(rps / base for rps, base in pairs if base)
+@dataclass(frozen=True)
+class Pair:
+    """One measured run of a scenario and the baseline run just before it."""
+
+    rps: float
+    baseline_rps: float
+    p50_ms: float
+    baseline_p50_ms: float
+
+
+def paired_ratio(pairs: Sequence[Pair], figure: str = "rps") -> float | None:
+    """The median over the measured runs of (the run's figure / the figure of the baseline run just before it)."""
+    ratios = sorted(getattr(pair, figure) / getattr(pair, f"baseline_{figure}") for pair in pairs if getattr(pair, f"baseline_{figure}"))
     return ratios[len(ratios) // 2] if ratios else None
 
 
 def build_rows(
-    results: Mapping[str, LoadResult], background_cpu: Mapping[str, float],
-    pairs: Mapping[str, Sequence[tuple[float, float]]] | None = None,
+    results: Mapping[str, LoadResult], background_cpu: Mapping[str, float], pairs: Mapping[str, Sequence[Pair]] | None = None
 ) -> dict[str, Row]:
     """Rows for every scenario, with ratios to the baseline (NaN when it was not run): a scenario measured in pairs
-    takes the median of its pairs' req/s ratios, the others (and the latency ratios) the baseline scenario's."""
+    takes the medians of its pairs' req/s and p50 ratios, the others (and every p99 ratio) the baseline scenario's."""
     base = results.get(BASELINE)
     pairs = pairs or {}
 
@@ -52,16 +61,16 @@ def build_rows(
         """value / reference, NaN without a reference."""
         return value / reference if reference else float("nan")
 
-    def rps_ratio(name: str, result: LoadResult) -> float:
-        paired = paired_ratio(pairs.get(name, ()))
-        return paired if paired is not None else ratio(result.rps, base and base.rps)
+    def paired_or(name: str, figure: str, unpaired: float) -> float:
+        paired = paired_ratio(pairs.get(name, ()), figure)
+        return paired if paired is not None else unpaired
 
     return {
         name: Row(
             scenario=name, rps=r.rps, p50_ms=r.p50_ms, p99_ms=r.p99_ms, errors=r.errors, non2xx=r.non2xx,
             socket_errors=r.socket_errors, requests=r.requests,
-            rps_ratio=rps_ratio(name, r),
-            p50_ratio=ratio(r.p50_ms, base and base.p50_ms),
+            rps_ratio=paired_or(name, "rps", ratio(r.rps, base and base.rps)),
+            p50_ratio=paired_or(name, "p50_ms", ratio(r.p50_ms, base and base.p50_ms)),
             p99_ratio=ratio(r.p99_ms, base and base.p99_ms),
             background_cpu=background_cpu.get(name),
         )
@@ -95,7 +104,7 @@ def format_table(rows: Mapping[str, Row]) -> str:
         for row in rows.values()
     ]
     table = _align([header, *lines])
-    table += "\nrps x base: each measured run against a baseline run just before it, the median of those ratios"
+    table += "\nrps x base, p50 / base: each measured run against a baseline run just before it, the median of those ratios"
     if any(_busy(row) for row in rows.values()):
         table += f"\n* other work kept the machine over {BUSY_WARNING_SHARE:.0%} busy just before this run: noisy"
     return table
@@ -125,7 +134,7 @@ def format_budgets(budgets: list[dict[str, Any]]) -> str:
     for item in budgets:
         measured = "-" if item["value"] is None else f"{_figure(item['value'])}{item['unit']}"
         lines.append((item["budget"], measured, item["verdict"]))
-    return _align(lines)
+    return _align(lines) + "\np50/base: a scenario's p50 relative to the baseline runs paired with it (see the table)"
 
 
 def _align(lines: list[tuple[str, ...]]) -> str:

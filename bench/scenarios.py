@@ -104,6 +104,7 @@ class Row(Protocol):
 
     rps_ratio: float
     p50_ms: float
+    p50_ratio: float
     p99_ms: float
 
 
@@ -140,10 +141,12 @@ def _p99(name: str, limit_ms: float) -> Budget:
     return Budget(f"{name} p99 <= {limit_ms:g} ms", lambda rows: rows[name].p99_ms, limit_ms, at_most=True, unit=" ms")
 
 
-def _p50_against_small(name: str) -> Callable[[Mapping[str, Row]], float]:
+def _p50_against_small(name: str, small: str | None = None) -> Callable[[Mapping[str, Row]], float]:
+    """p50 on the large dataset / p50 on the 1k one, each first taken relative to its own baseline runs (the two
+    are measured minutes apart, and the host's speed drifts meanwhile)."""
     def ratio(rows: Mapping[str, Row]) -> float:
         large = rows.get(f"{name}{LARGE_SUFFIX}") or rows[name]
-        return large.p50_ms / rows[f"{name}{SMALL_SUFFIX}"].p50_ms
+        return large.p50_ratio / rows[f"{small or name}{SMALL_SUFFIX}"].p50_ratio
 
     return ratio
 
@@ -158,15 +161,15 @@ BUDGETS: tuple[Budget, ...] = (
     Budget(f"{BACKFILL_SCENARIO} wall (CLI start included) <= 2 s", lambda rows: rows[BACKFILL_SCENARIO].p50_ms / 1000, 2.0,
            at_most=True, unit=" s"),
     Budget(
-        f"lookup-hit{LARGE_SUFFIX} p50 (1,000,000 companies) <= 1.2 x lookup-hit{SMALL_SUFFIX} p50",
+        f"lookup-hit{LARGE_SUFFIX} p50/base (1,000,000 companies) <= 1.2 x lookup-hit{SMALL_SUFFIX}'s",
         _p50_against_small("lookup-hit"), 1.2, at_most=True, unit="x",
     ),
     Budget(  # not the issue's: the same 1,000 accounts asked of 1,000,000 companies as of 1,000 (both held)
-        f"lookup-hot{LARGE_SUFFIX} p50 (same 1,000 accounts, 1,000,000 companies) <= 1.2 x lookup-hit{SMALL_SUFFIX} p50",
-        lambda rows: rows[f"lookup-hot{LARGE_SUFFIX}"].p50_ms / rows[f"lookup-hit{SMALL_SUFFIX}"].p50_ms, 1.2, at_most=True, unit="x",
+        f"lookup-hot{LARGE_SUFFIX} p50/base (same 1,000 accounts, 1,000,000 companies) <= 1.2 x lookup-hit{SMALL_SUFFIX}'s",
+        _p50_against_small("lookup-hot", "lookup-hit"), 1.2, at_most=True, unit="x",
     ),
     Budget(  # not the issue's: the same comparison where both sizes read PostgreSQL (nothing is held)
-        f"lookup-miss{LARGE_SUFFIX} p50 (1,000,000 companies) <= 1.2 x lookup-miss{SMALL_SUFFIX} p50",
+        f"lookup-miss{LARGE_SUFFIX} p50/base (1,000,000 companies) <= 1.2 x lookup-miss{SMALL_SUFFIX}'s",
         _p50_against_small("lookup-miss"), 1.2, at_most=True, unit="x",
     ),
 )

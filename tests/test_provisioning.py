@@ -186,6 +186,46 @@ def test_deliveries_arriving_while_a_creation_is_in_flight_are_created_together(
     assert all(redis_client.hget(f"chatwoot_{account_id}:tenant", "company_id") for account_id in range(500, 511))
 
 
+def asks_for(*rows):
+    from multibackend.round_trips import Ask
+
+    return [Ask(row["chatwoot_account_id"], (row, time.perf_counter())) for row in rows]
+
+
+def test_a_shared_creation_the_database_refuses_lets_each_delivery_create_alone(app, clean_database, redis_client):
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from multibackend.services.companies import company_row
+    from multibackend.services.tenant_provisioning import _create_alone, create_together_now
+
+    with app.app_context():
+        asks = asks_for(company_row(601, "A"), company_row(602, "B", chatwoot_status="bogus"), company_row(603, "C"))
+        create_together_now(asks)  # one row breaks a CHECK constraint: the statement writes nothing
+        assert [ask.alone for ask in asks] == [True, True, True] and count_rows(clean_database, "companies") == 0
+        outcomes = []
+        for ask in asks:
+            try:
+                outcomes.append(_create_alone(*ask.value).company.company_id)
+            except SQLAlchemyError:
+                outcomes.append("refused")
+    assert outcomes == ["chatwoot_601", "refused", "chatwoot_603"]
+    assert count_rows(clean_database, "companies") == count_rows(clean_database, "chatwoot_sync_events") == 2
+    assert sorted(key for key in tenant_data_keys(redis_client) if key.startswith("chatwoot_60")) == [
+        "chatwoot_601:tenant", "chatwoot_603:tenant"
+    ]  # the refused one's namespace is removed again
+
+
+def test_a_shared_creation_the_database_cannot_take_fails_every_delivery_in_it(make_app, redis_client):
+    from multibackend.extensions import is_transient
+    from multibackend.services.companies import company_row
+    from multibackend.services.tenant_provisioning import create_together_now
+
+    with make_app(DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere").app_context():
+        asks = asks_for(company_row(611, "A"), company_row(612, "B"))
+        create_together_now(asks)
+    assert all(ask.error is not None and is_transient(ask.error) and not ask.alone for ask in asks)  # spooled: 202
+
+
 def test_database_down_spools_the_delivery_and_answers_202(make_app, clean_database, redis_client):
     client = make_app(DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere").test_client()
     response = deliver(client)
