@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import threading
 import time
 from collections.abc import Iterable
@@ -62,7 +63,9 @@ class HeldAnswers:
                 return  # an invalidation came in while PostgreSQL was being read: that reading may be stale
             if len(self.answers) >= HELD_MAX:
                 self.answers.clear()
-            self.answers[account_id] = (time.monotonic() + HELD_SECONDS, answer)
+            # spread over the last quarter of HELD_SECONDS: answers held together (a restart, a burst of iframes)
+            # are not all read again in the same second
+            self.answers[account_id] = (time.monotonic() + HELD_SECONDS * random.uniform(0.75, 1.0), answer)
 
     def may_be_spooled(self, account_id: int) -> bool:
         """False only when this account surely has no spooled delivery (the subscription is up and said none)."""
