@@ -39,11 +39,14 @@ def record_delivery(outcome: str) -> None:
         WEBHOOK_SECONDS.observe(elapsed)
 
 
+_LOOKUP_SECONDS_BY_RESULT = {result: LOOKUP_SECONDS.labels(result) for result in ("hit", "miss", "error")}
+
+
 def record_lookup(result: str) -> None:
     """Observe how long one company lookup took, by result: hit (exists: true), miss (exists: false) or error."""
     elapsed = _elapsed()
     if elapsed is not None:
-        LOOKUP_SECONDS.labels(result).observe(elapsed)
+        _LOOKUP_SECONDS_BY_RESULT[result].observe(elapsed)
 
 
 def _elapsed() -> float | None:

@@ -10,7 +10,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from multibackend import observability
-from multibackend.errors import ApiError, register_blueprint_errors, service_unavailable
+from multibackend.errors import JSON_ANSWER_HEADERS, ApiError, register_blueprint_errors, service_unavailable
 from multibackend.logging_setup import printable
 from multibackend.routes.auth import (
     account_id_of,
@@ -114,7 +114,7 @@ def company(account_id: str) -> Response:
     """Look a company up by Chatwoot account id; unknown accounts answer exists: false (the iframe polls)."""
     answer = company_lookup.lookup_answer(account_id_of(account_id))
     observability.record_lookup("hit" if answer.found else "miss")
-    return Response(b'{"success":true,"data":' + answer.data + b"}", mimetype="application/json")
+    return Response(b'{"success":true,"data":' + answer.data + b"}", mimetype="application/json", headers=JSON_ANSWER_HEADERS)
 
 
 @bp.get("/metrics")
