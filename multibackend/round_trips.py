@@ -48,6 +48,11 @@ class SharedRoundTrips:
                     asked, self._asked = list(self._asked.values()), {}
                 try:
                     self._run_together(asked)
+                except BaseException:  # interrupted (a timeout, a killed greenlet): the unanswered make their own
+                    for each in asked:
+                        if each.result is None and each.error is None:
+                            each.alone = True
+                    raise
                 finally:
                     for each in asked:
                         each.done = True

@@ -240,3 +240,38 @@ def test_concurrent_cold_lookups_each_get_their_own_answer(make_app, clean_datab
         answers = dict(pool.map(look_up, [*range(1, 41), *range(40, 0, -1)]))
     assert {account_id for account_id, data in answers.items() if data["exists"]} == set(range(1, 41, 2))
     assert all(data["company_name"] == f"Company {account_id}" for account_id, data in answers.items() if data["exists"])
+
+
+class Interrupted(BaseException):
+    """What a timeout or a killed greenlet raises: not an Exception."""
+
+
+def test_callers_of_an_interrupted_round_trip_make_their_own():
+    trips = GatedRoundTrips()
+    shared = SharedRoundTrips(trips)
+
+    def interrupted(asks):
+        if len(asks) == 1:  # the first round trip, for key 2, answers
+            return trips(asks)
+        raise Interrupted()  # the next one is interrupted before it answers anyone
+
+    shared._run_together = interrupted
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(shared.ask, 2)
+        assert trips.started.wait(5)
+        later = [pool.submit(shared.ask, key) for key in (4, 5, 6)]
+        deadline = time.monotonic() + 5
+        while shared.waiting < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        trips.release.set()
+        assert first.result().result == "company 2"
+        outcomes = []
+        for future in later:
+            try:
+                ask = future.result()
+                outcomes.append(("alone", ask.alone, ask.result))
+            except Interrupted:
+                outcomes.append(("interrupted",))
+    # the one that ran the round trip is interrupted; the others are told to make their own, never given None
+    assert sorted(outcomes, key=str) == sorted([("interrupted",), ("alone", True, None), ("alone", True, None)], key=str)
