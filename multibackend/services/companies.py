@@ -28,7 +28,7 @@ from sqlalchemy.orm import ORMExecuteState, Session
 
 from multibackend.background import BackgroundBatches
 from multibackend.clock import utcnow
-from multibackend.extensions import db, one_of, rows_alone, run_alone
+from multibackend.extensions import db, one_of, rows_alone
 from multibackend.models import Company, CompanySnapshot, SyncEvent, TenantAnnouncement
 from multibackend.services import lookup_cache
 from multibackend.services.tenant_naming import tenant_names
@@ -216,23 +216,10 @@ def create_alone(draft: Company, latency_ms: float) -> CompanyWrite | None:
     round trip; then announced, as every write is. Returns the write (`snapshots` holds the company), or None when
     the account already has a company (nothing written). Raises SQLAlchemyError, with nothing written, when the
     database cannot take it."""
-    write = CompanyWrite()
-    token = _current_write.set(write)
-    try:
-        parameters = {column: getattr(draft, column) for column in CREATED_ALONE_COLUMNS}
-        parameters["provisioning_attempts"] = draft.provisioning_attempts or 0
-        owe = bool(tenant_provisioned.receivers)  # nobody to announce to: nothing owed
-        row = run_alone(CREATE_ALONE, {**parameters, "latency_ms": round(latency_ms, 3), "owe": owe}, host_statement_timeout_ms())
-    finally:
-        _current_write.reset(token)
-    if row is None:
-        return None
-    snapshot = CompanySnapshot.of(row)
-    write.snapshots, write.inserted = {row.id: snapshot}, {row.id}
-    write.owed = [(row.id, snapshot)] if row.provisioning_status == "ready" else []
-    write.outbox_written = owe and bool(write.owed)
-    _after_commit(write)
-    return write
+    parameters = {column: getattr(draft, column) for column in CREATED_ALONE_COLUMNS}
+    parameters["provisioning_attempts"] = draft.provisioning_attempts or 0
+    write, _ = _create_in_one_statement(CREATE_ALONE, {**parameters, "latency_ms": round(latency_ms, 3)})
+    return write if write.snapshots else None
 
 
 def create_together(drafts: Sequence[Any], latencies_ms: Sequence[float]) -> tuple[CompanyWrite, dict[str, int]]:
@@ -240,20 +227,28 @@ def create_together(drafts: Sequence[Any], latencies_ms: Sequence[float]) -> tup
     every company that has none yet, with its sync event (the matching latency) and its outbox row, in one commit;
     then announced. Returns the write and the primary key of each company created, by account id (an account
     missing there already had a company: nothing written for it). Raises SQLAlchemyError, with nothing written."""
+    parameters = _set_insert_parameters([vars(draft) for draft in drafts], latencies_ms)
+    write, rows = _create_in_one_statement(CREATE_TOGETHER, parameters)
+    return write, {row.chatwoot_account_id: row.id for row in rows}
+
+
+def _create_in_one_statement(statement: Any, parameters: dict[str, Any]) -> tuple[CompanyWrite, list[Any]]:
+    """Run a creating statement (companies, sync events and, when `owe`, outbox rows) in one round trip; the write
+    it makes (the companies it returned, those ready owed to receivers) is then announced. Also returns the rows."""
     write = CompanyWrite()
     token = _current_write.set(write)
     try:
-        owe = bool(tenant_provisioned.receivers)
-        parameters = _set_insert_parameters([vars(draft) for draft in drafts], latencies_ms)
-        rows = rows_alone(CREATE_TOGETHER, {**parameters, "owe": owe}, host_statement_timeout_ms())
+        owe = bool(tenant_provisioned.receivers)  # nobody to announce to: nothing owed
+        rows = rows_alone(statement, {**parameters, "owe": owe}, host_statement_timeout_ms())
     finally:
         _current_write.reset(token)
-    snapshots = {row.id: CompanySnapshot.of(row) for row in rows}
-    write.snapshots, write.inserted = snapshots, set(snapshots)
-    write.owed = [(row.id, snapshots[row.id]) for row in rows if row.provisioning_status == "ready"]
-    write.outbox_written = owe and bool(write.owed)
-    _after_commit(write)
-    return write, {row.chatwoot_account_id: row.id for row in rows}
+    if rows:
+        write.snapshots = {row.id: CompanySnapshot.of(row) for row in rows}
+        write.inserted = set(write.snapshots)
+        write.owed = [(row.id, write.snapshots[row.id]) for row in rows if row.provisioning_status == "ready"]
+        write.outbox_written = owe and bool(write.owed)
+        _after_commit(write)
+    return write, rows
 
 
 def _after_commit(write: CompanyWrite) -> None:

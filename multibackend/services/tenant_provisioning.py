@@ -109,18 +109,18 @@ def _provisioned_draft(row: dict[str, Any], redis_failure: redis.RedisError | No
     plain attributes when its one pipeline goes through (no ORM object: the usual case costs less), else a Company
     whose status says why (redis_failure: Redis was just found unreachable for it, not tried again)."""
     client = get_redis()
-    if client is not None:
+    if client is None:
+        company = Company(**row)
+        return company, provision_services([company])
+    if redis_failure is None:
         draft = _ready_draft(row)
         try:
-            if redis_failure is not None:
-                raise redis_failure
             _send_namespaces(client, [draft])
             return draft, "ready"
         except redis.RedisError as exc:
-            company = Company(**row)
-            return company, _record_unreachable_redis([company], exc)
+            redis_failure = exc
     company = Company(**row)
-    return company, provision_services([company])
+    return company, _record_unreachable_redis([company], redis_failure)
 
 
 def _ready_draft(row: dict[str, Any]) -> SimpleNamespace:
