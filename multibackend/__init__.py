@@ -28,14 +28,15 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
 
     app = Flask(__name__)
     load_settings(app, overrides)
-    if app.config["TRUSTED_PROXY_COUNT"]:  # behind Railway's (or any) proxy: the client is in X-Forwarded-For
-        count = app.config["TRUSTED_PROXY_COUNT"]
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count, x_host=count)  # type: ignore[method-assign]
     configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
     app.register_blueprint(system_bp)
     init_app(app)
     app.add_url_rule("/", "embed_page", embed_page)
     register_routing_errors(app, ("/",))
+    answer_held_lookups_first(app)
+    if app.config["TRUSTED_PROXY_COUNT"]:  # behind Railway's (or any) proxy: the client is in X-Forwarded-For
+        count = app.config["TRUSTED_PROXY_COUNT"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count, x_host=count)  # type: ignore[method-assign]
     return app
 
 
@@ -71,6 +72,14 @@ def init_app(app: Flask, url_prefix: str = CHATWOOT_WEBHOOKS_URL_PREFIX, *, db: 
             "[Chatwoot Webhook] CHATWOOT_WEBHOOK_SECRET is not set: webhook deliveries are accepted without "
             "authentication. Set it and add ?token=<secret> to the URL configured in Chatwoot."
         )
+
+
+def answer_held_lookups_first(app: Flask) -> None:
+    """Answer the company lookups this worker holds before Flask dispatches them (routes.held_lookups): the
+    standalone service does; a host may, after init_app, if none of its own hooks needs to see those requests."""
+    from multibackend.routes.held_lookups import HeldLookupsFirst
+
+    app.wsgi_app = HeldLookupsFirst(app, app.wsgi_app)  # type: ignore[method-assign]
 
 
 def with_chatwoot_info(view: Any) -> Any:

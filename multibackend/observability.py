@@ -46,7 +46,11 @@ def record_lookup(result: str) -> None:
     """Observe how long one company lookup took, by result: hit (exists: true), miss (exists: false) or error."""
     elapsed = _elapsed()
     if elapsed is not None:
-        _LOOKUP_SECONDS_BY_RESULT[result].observe(elapsed)
+        observe_lookup(result, elapsed)
+
+
+def observe_lookup(result: str, seconds: float) -> None:
+    _LOOKUP_SECONDS_BY_RESULT[result].observe(seconds)
 
 
 def _elapsed() -> float | None:

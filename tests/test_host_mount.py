@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
@@ -29,7 +29,7 @@ from werkzeug.exceptions import HTTPException
 
 import multibackend
 from multibackend.extensions import DATABASE_EXTENSION, own_db
-from multibackend.services import doctor, reconciler
+from multibackend.services import doctor, lookup_cache, reconciler
 from multibackend.services.delivery_spool import DEAD_LETTER_KEY, SPOOL_KEY, spool_delivery
 from multibackend.services.companies import tenant_provisioned
 from tests.helpers import WEBHOOK, admin_url, namespaces_state, run_command
@@ -352,3 +352,32 @@ def test_a_spooled_delivery_the_database_refuses_goes_to_the_dead_letters(host_d
         summary = reconciler.reconcile()
     assert summary.replayed == 1 and redis_client.llen(SPOOL_KEY) == 0
     assert [json.loads(raw)["id"] for raw in redis_client.lrange(DEAD_LETTER_KEY, 0, -1)] == [666]
+
+
+def test_the_hosts_hooks_see_every_lookup_even_held_ones(host_database_url, redis_url, redis_client):
+    """Answering held lookups before Flask is the standalone service's: a host's hooks run for all of its requests."""
+    host, _ = host_app(host_database_url, redis_url)
+    hooked: list[str] = []
+    host.before_request(lambda: hooked.append(request.path) if "/company/" in request.path else None)
+    multibackend.init_app(host)
+    assert run_command(host, "init-db").exit_code == 0
+    client = host.test_client()
+    client.post("/api/chatwoot/webhooks/account-created", json={"id": 42, "name": "Acme Corp"})
+    assert client.get("/api/chatwoot/webhooks/company/42").json["data"]["exists"] is True
+    with host.app_context():
+        assert lookup_cache.cached_answer(42) is not None  # now held
+    assert client.get("/api/chatwoot/webhooks/company/42").json["data"]["exists"] is True
+    assert len(hooked) == 2  # the held one was dispatched by the host's Flask too
+
+
+def test_a_host_may_answer_held_lookups_first(host_database_url, redis_url, redis_client):
+    host, _ = host_app(host_database_url, redis_url)
+    hooked: list[str] = []
+    host.before_request(lambda: hooked.append(request.path) if "/company/" in request.path else None)
+    multibackend.init_app(host)
+    multibackend.answer_held_lookups_first(host)
+    assert run_command(host, "init-db").exit_code == 0
+    client = host.test_client()
+    client.post("/api/chatwoot/webhooks/account-created", json={"id": 42, "name": "Acme Corp"})
+    answers = [client.get("/api/chatwoot/webhooks/company/42").json["data"]["company_name"] for _ in range(3)]
+    assert answers == ["Acme Corp"] * 3 and len(hooked) == 1  # only the first, which was read and then held

@@ -12,6 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from flask import request, request_started
 
 from multibackend.services import lookup_cache
 from multibackend.round_trips import SharedRoundTrips
@@ -275,3 +276,89 @@ def test_callers_of_an_interrupted_round_trip_make_their_own():
                 outcomes.append(("interrupted",))
     # the one that ran the round trip is interrupted; the others are told to make their own, never given None
     assert sorted(outcomes, key=str) == sorted([("interrupted",), ("alone", True, None), ("alone", True, None)], key=str)
+
+
+def lookup_seen_by_flask(app) -> list[str]:
+    """The lookup paths Flask dispatched (a before_request hook of the test's own), from now on."""
+    seen: list[str] = []
+
+    def dispatched(sender, **extra):
+        if request.path.startswith(LOOKUP):
+            seen.append(request.path)
+
+    request_started.connect(dispatched, app, weak=False)
+    return seen
+
+
+def held_app(make_app, **settings):
+    """A standalone app (RATELIMIT_LOOKUP high unless given) whose worker holds company 42's answer."""
+    app = make_app(**{"RATELIMIT_LOOKUP": "1000 per minute", **settings})
+    app.test_client().post(f"{WEBHOOK}?token={settings.get('CHATWOOT_WEBHOOK_SECRET', '')}", json={"id": 42, "name": "Acme Corp"})
+    signature = settings.get("CHATWOOT_EMBED_SECRET")
+    assert app.test_client().get(LOOKUP + "42" + (f"?sig={lookup_signature(signature, 42)}" if signature else "")).status_code == 200
+    return app
+
+
+def test_a_held_lookup_is_answered_before_flask_exactly_as_the_view_answers(make_app, clean_database, redis_client):
+    app = held_app(make_app)
+    seen = lookup_seen_by_flask(app)
+    held = app.test_client().get(LOOKUP + "42")
+    flask_dispatch = app.wsgi_app.wsgi_app  # what HeldLookupsFirst passes everything else to
+    app.wsgi_app = flask_dispatch
+    viewed = app.test_client().get(LOOKUP + "42")
+    assert seen == [LOOKUP + "42"]  # only the second went through Flask
+    assert (held.status, held.data) == (viewed.status, viewed.data)
+    assert sorted(held.headers.items()) == sorted(viewed.headers.items())
+    assert held.json["data"]["company_name"] == "Acme Corp"
+
+
+def test_only_well_formed_gets_of_held_answers_skip_flask(make_app, clean_database, redis_client):
+    app = held_app(make_app)
+    seen = lookup_seen_by_flask(app)
+    client = app.test_client()
+    answers = [client.get(LOOKUP + "42"), client.get(LOOKUP + "042"), client.get(LOOKUP + "42/"), client.head(LOOKUP + "42"),
+               client.get(LOOKUP + "7"), client.get(LOOKUP + "x42"), client.post(LOOKUP + "42")]
+    assert [answer.status_code for answer in answers] == [200, 200, 404, 200, 200, 400, 405]
+    assert answers[4].json["data"] == {"exists": False}  # a miss is never held: Flask and PostgreSQL answer it
+    assert seen == [LOOKUP + "42/", LOOKUP + "42", LOOKUP + "7", LOOKUP + "x42", LOOKUP + "42"]
+    assert answers[1].data == answers[0].data  # 042 is 42, held under its number
+
+
+def test_held_lookups_count_against_the_lookup_limit(make_app, clean_database, redis_client):
+    app = held_app(make_app, RATELIMIT_LOOKUP="4 per minute")  # one of the 4 counted while it was read
+    statuses = [app.test_client().get(LOOKUP + "42").status_code for _ in range(5)]
+    assert statuses == [200, 200, 200, 429, 429]
+    refused = app.test_client().get(LOOKUP + "42")
+    assert (refused.json["code"], int(refused.headers["Retry-After"]) > 0) == ("rate_limited", True)
+
+
+def test_held_lookups_count_the_client_behind_trusted_proxies(make_app, clean_database, redis_client):
+    app = held_app(make_app, RATELIMIT_LOOKUP="2 per minute", TRUSTED_PROXY_COUNT="1")
+    client = app.test_client()
+    via = [client.get(LOOKUP + "42", headers={"X-Forwarded-For": address}).status_code
+           for address in ("203.0.113.1", "203.0.113.1", "203.0.113.2", "203.0.113.2", "203.0.113.2")]
+    assert via == [200, 200, 200, 200, 429]  # the reading counted against 127.0.0.1, not against either client
+
+
+def test_signed_held_lookups_skip_flask_only_with_a_valid_signature(make_app, clean_database, redis_client):
+    app = held_app(make_app, CHATWOOT_EMBED_SECRET="embed", CHATWOOT_WEBHOOK_SECRET=SECRET, RATELIMIT_AUTH_FAILURES="2 per minute")
+    seen = lookup_seen_by_flask(app)
+    client = app.test_client()
+    valid = lookup_signature("embed", 42)
+    assert [client.get(f"{LOOKUP}42?sig={valid}").status_code for _ in range(5)] == [200] * 5  # never counted
+    assert seen == []
+    assert [client.get(f"{LOOKUP}42{query}").status_code for query in ("", "?sig=bad", f"?sig={lookup_signature('embed', 43)}")] == [403, 403, 429]
+    assert client.get(f"{LOOKUP}42?sig={valid}").status_code == 200  # a valid signature passes an address over the limit
+    assert client.get(f"{LOOKUP}42?sig={valid}&sig=other").status_code == 200  # Flask decides (the first sig)
+    assert len(seen) == 4
+
+
+def test_held_lookups_are_observed_once_as_hits(make_app, clean_database, redis_client):
+    from tests.test_lookup_and_metrics import prometheus_sample
+
+    app = held_app(make_app)
+    before = {result: prometheus_sample("chatwoot_lookup_duration_seconds_count", result=result) for result in ("hit", "miss")}
+    for _ in range(3):
+        app.test_client().get(LOOKUP + "42")
+    after = {result: prometheus_sample("chatwoot_lookup_duration_seconds_count", result=result) for result in ("hit", "miss")}
+    assert {result: after[result] - before[result] for result in after} == {"hit": 3.0, "miss": 0.0}

@@ -8,11 +8,11 @@ from dataclasses import replace
 from functools import lru_cache, wraps
 from typing import Any, Callable, NoReturn
 
-from flask import current_app, request
+from flask import Flask, current_app, request
 from limits import parse_many
 
 from multibackend.errors import ApiError
-from multibackend.extensions import window_limits
+from multibackend.extensions import LIMITS_EXTENSION, window_limits
 from multibackend.schemas import BIGINT_MAX
 from multibackend.services import webhook_auth
 
@@ -88,10 +88,15 @@ def refuse_failed_authentication(status: int, code: str, message: str, headers: 
 
 def admit_lookup() -> None:
     """RATELIMIT_LOOKUP per client address for unsigned lookups, counted without a round trip (see WindowLimits)."""
-    limit = parse_limit(current_app.config["RATELIMIT_LOOKUP"])
-    retry_after = window_limits().count_later("lookup", client_address(), limit)
+    retry_after = count_unsigned_lookup(current_app, client_address())
     if retry_after is not None:
         raise too_many_requests(retry_after)
+
+
+def count_unsigned_lookup(app: Flask, address: str) -> int | None:
+    """Count one unsigned lookup of this client against RATELIMIT_LOOKUP; Retry-After seconds if over it (then
+    nothing was counted)."""
+    return app.extensions[LIMITS_EXTENSION].count_later("lookup", address, parse_limit(app.config["RATELIMIT_LOOKUP"]))
 
 
 def too_many_requests(retry_after: int) -> ApiError:
@@ -99,7 +104,12 @@ def too_many_requests(retry_after: int) -> ApiError:
 
 
 def client_address() -> str:
-    return request.remote_addr or "unknown"
+    return address_of(request.environ)
+
+
+def address_of(environ: dict[str, Any]) -> str:
+    """The client address the rate limits count against (ProxyFix has put the proxied client's there)."""
+    return environ.get("REMOTE_ADDR") or "unknown"
 
 
 @lru_cache(maxsize=32)
@@ -127,6 +137,14 @@ def require_lookup_signature(view: Callable[..., Any]) -> Callable[..., Any]:
 
 def account_id_of(text: str) -> int:
     """A positive integer that fits a bigint, or 400 invalid_account_id."""
-    if not (text.isascii() and text.isdigit()) or len(text) > 19 or not 0 < int(text) <= BIGINT_MAX:
+    account_id = valid_account_id(text)
+    if account_id is None:
         raise ApiError(400, "invalid_account_id", "Account id must be a positive integer")
+    return account_id
+
+
+def valid_account_id(text: str) -> int | None:
+    """The account id this text spells (a positive integer that fits a bigint, digits only), else None."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 19 or not 0 < int(text) <= BIGINT_MAX:
+        return None
     return int(text)

@@ -21,6 +21,11 @@ class LookupAnswer:
     found: bool
     data: bytes
 
+    @property
+    def body(self) -> bytes:
+        """The whole answer's JSON: {"success":true,"data":...}."""
+        return b'{"success":true,"data":' + self.data + b"}"
+
 
 def lookup_answer(account_id: int) -> LookupAnswer:
     """The lookup's answer; never exists: false for a company whose webhook was answered."""

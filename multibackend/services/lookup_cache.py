@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import redis
-from flask import current_app
+from flask import Flask, current_app
 
 from multibackend.extensions import get_redis
 from multibackend.services import delivery_spool
@@ -137,10 +137,10 @@ HELD_EXTENSION = "multibackend.held_answers"
 def held_answers() -> HeldAnswers | None:
     """This app's held answers in this process (started on first use, and again after a fork); None without
     Redis."""
+    held = started_held_answers(current_app)
+    if held is not None:
+        return held
     extensions = current_app.extensions
-    entry = extensions.get(HELD_EXTENSION)
-    if entry is not None and entry[0] == os.getpid():
-        return entry[1]
     client = get_redis()
     if client is None:
         return None
@@ -154,6 +154,12 @@ def held_answers() -> HeldAnswers | None:
 
 
 _held_lock = threading.Lock()
+
+
+def started_held_answers(app: Flask) -> HeldAnswers | None:
+    """This app's held answers if this process has started them (never starts them)."""
+    entry = app.extensions.get(HELD_EXTENSION)
+    return entry[1] if entry is not None and entry[0] == os.getpid() else None
 
 
 def cached_answer(account_id: int) -> bytes | None:
@@ -193,8 +199,7 @@ def publish(account_ids: Iterable[str] | None) -> None:
     changed = None if account_ids is None else [str(account_id) for account_id in account_ids]
     if changed is not None and not changed:
         return
-    entry = current_app.extensions.get(HELD_EXTENSION)  # never started just for this (a CLI run holds nothing)
-    held = entry[1] if entry is not None and entry[0] == os.getpid() else None
+    held = started_held_answers(current_app)  # never started just for this (a CLI run holds nothing)
     if held is not None:
         held.drop(None if changed is None else [int(account_id) for account_id in changed if account_id.isdigit()])
     client = get_redis()
