@@ -62,9 +62,9 @@ def on_starting(server):  # noqa: ANN001 (gunicorn hook)
 
 
 def post_fork(server, worker):  # noqa: ANN001 (gunicorn hook)
-    """Workers leave that warning to the master (on_starting). A stop that arrives while a worker still boots (before
-    gunicorn gives it its own signal handlers) ends that worker once booted, instead of being lost: the master would
-    otherwise wait out graceful_timeout (20 s) and kill it, leaving the Prometheus folder behind."""
+    """Workers leave that warning to the master (on_starting). A stop that arrives between the fork and gunicorn's
+    own signal handlers (gevent's patching happens there) ends the worker once booted instead of being lost: the
+    master would otherwise wait out graceful_timeout (20 s) and kill it, leaving the Prometheus folder behind."""
     logging.getLogger("multibackend").addFilter(lambda record: not str(record.msg).startswith(NO_SECRET_WARNING))
     for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
         signal.signal(stop, lambda signum, frame: setattr(worker, "alive", False))

@@ -76,9 +76,15 @@ def init_app(app: Flask, url_prefix: str = CHATWOOT_WEBHOOKS_URL_PREFIX, *, db: 
 
 def answer_held_lookups_first(app: Flask) -> None:
     """Answer the company lookups this worker holds before Flask dispatches them (routes.held_lookups): the
-    standalone service does; a host may, after init_app, if none of its own hooks needs to see those requests."""
+    standalone service does; a host may, after init_app, if none of its own hooks needs to see those requests. It
+    goes right in front of Flask's dispatch, so call it before wrapping app.wsgi_app in anything (ProxyFix)."""
     from multibackend.routes.held_lookups import HeldLookupsFirst
 
+    if getattr(app.wsgi_app, "__func__", None) is not type(app).wsgi_app:
+        raise RuntimeError(
+            "answer_held_lookups_first(app) must come before app.wsgi_app is wrapped (ProxyFix or other WSGI "
+            "middleware): held lookups would otherwise see the middleware's environ, not the client's"
+        )
     app.wsgi_app = HeldLookupsFirst(app, app.wsgi_app)  # type: ignore[method-assign]
 
 

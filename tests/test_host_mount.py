@@ -21,6 +21,7 @@ from flask_migrate import Migrate
 from flask_migrate import init as migrations_init
 from flask_migrate import migrate as migrations_migrate
 from flask_sqlalchemy import SQLAlchemy
+from werkzeug.middleware.proxy_fix import ProxyFix
 from psycopg import sql
 from sqlalchemy import Integer, String, select
 from sqlalchemy.engine import make_url
@@ -381,3 +382,19 @@ def test_a_host_may_answer_held_lookups_first(host_database_url, redis_url, redi
     client.post("/api/chatwoot/webhooks/account-created", json={"id": 42, "name": "Acme Corp"})
     answers = [client.get("/api/chatwoot/webhooks/company/42").json["data"]["company_name"] for _ in range(3)]
     assert answers == ["Acme Corp"] * 3 and len(hooked) == 1  # only the first, which was read and then held
+
+
+def test_held_lookups_first_follows_the_hosts_prefix_and_refuses_to_go_outside_its_middleware(host_database_url, redis_url, redis_client):
+    host, _ = host_app(host_database_url, redis_url)
+    multibackend.init_app(host, url_prefix="/integrations/chatwoot/")
+    multibackend.answer_held_lookups_first(host)
+    assert run_command(host, "init-db").exit_code == 0
+    client = host.test_client()
+    client.post("/integrations/chatwoot/account-created", json={"id": 42, "name": "Acme Corp"})
+    assert [client.get("/integrations/chatwoot/company/42").status_code for _ in range(2)] == [200, 200]
+    assert client.get("/integrations/chatwoot//company/42").status_code == 404  # as Flask routes it, held or not
+    wrapped, _ = host_app(host_database_url, redis_url)
+    multibackend.init_app(wrapped)
+    wrapped.wsgi_app = ProxyFix(wrapped.wsgi_app)
+    with pytest.raises(RuntimeError, match="before app.wsgi_app is wrapped"):
+        multibackend.answer_held_lookups_first(wrapped)

@@ -286,7 +286,8 @@ def lookup_seen_by_flask(app) -> list[str]:
         if request.path.startswith(LOOKUP):
             seen.append(request.path)
 
-    request_started.connect(dispatched, app, weak=False)
+    app.extensions["tests.dispatched"] = dispatched  # the signal holds it weakly: it goes with the app
+    request_started.connect(dispatched, app)
     return seen
 
 
@@ -350,7 +351,18 @@ def test_signed_held_lookups_skip_flask_only_with_a_valid_signature(make_app, cl
     assert [client.get(f"{LOOKUP}42{query}").status_code for query in ("", "?sig=bad", f"?sig={lookup_signature('embed', 43)}")] == [403, 403, 429]
     assert client.get(f"{LOOKUP}42?sig={valid}").status_code == 200  # a valid signature passes an address over the limit
     assert client.get(f"{LOOKUP}42?sig={valid}&sig=other").status_code == 200  # Flask decides (the first sig)
-    assert len(seen) == 4
+    assert client.get(f"{LOOKUP}42?sig=&sig={valid}").status_code == 429  # the first, blank: a failure, over the limit
+    assert len(seen) == 5
+
+
+def test_an_app_that_routes_by_host_dispatches_every_lookup(make_app, clean_database, redis_client):
+    app = held_app(make_app)
+    app.config["TRUSTED_HOSTS"] = ["backend.example"]
+    seen = lookup_seen_by_flask(app)
+    client = app.test_client()
+    assert client.get(LOOKUP + "42", headers={"Host": "elsewhere.example"}).status_code == 400  # Flask's refusal
+    assert client.get(LOOKUP + "42", headers={"Host": "backend.example"}).json["data"]["exists"] is True
+    assert len(seen) == 2  # both dispatched by Flask, the held one too
 
 
 def test_held_lookups_are_observed_once_as_hits(make_app, clean_database, redis_client):

@@ -153,3 +153,13 @@ def test_errors_never_carry_exception_text_or_sql(make_app, clean_database):
         assert response.status_code == 503
         for leak in ("Traceback", "psycopg", "SELECT", "INSERT", "127.0.0.1", "pw", "OperationalError"):
             assert leak not in text
+
+
+@pytest.mark.parametrize("path", [f"{LOOKUP}42?sig=", WEBHOOK + "?token=", "/api/chatwoot/webhooks/metrics?token=", "/metrics?token="])
+def test_a_query_string_that_is_not_utf8_is_400_not_500(make_app, clean_database, path):
+    app = make_app(CHATWOOT_EMBED_SECRET="embed-secret", CHATWOOT_WEBHOOK_SECRET="s3cret")
+    base, query = path.split("?")
+    method = app.test_client().post if base == WEBHOOK else app.test_client().get
+    response = method(base, environ_overrides={"QUERY_STRING": query + "\xff\xfe"}, json={"id": 1, "name": "One"})
+    assert (response.status_code, response.json) == (400, {"success": False, "error": "Query string is not valid UTF-8", "code": "bad_request"})
+    assert count_rows(clean_database, "companies") == 0

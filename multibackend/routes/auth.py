@@ -37,7 +37,7 @@ def credentials_of_request(body: bytes) -> webhook_auth.DeliveryCredentials:
     """The token, Basic password and signature headers this request carries."""
     authorization = request.authorization
     return webhook_auth.DeliveryCredentials(
-        tokens=request.args.getlist("token"),
+        tokens=query_values("token"),
         basic_password=authorization.password if authorization and authorization.type == "basic" else None,
         signature=request.headers.get("X-Chatwoot-Signature"),
         timestamp=request.headers.get("X-Chatwoot-Timestamp"),
@@ -60,6 +60,15 @@ def require_operator(view: Callable[..., Any]) -> Callable[..., Any]:
         return view(*args, **kwargs)
 
     return operator_view
+
+
+def query_values(name: str) -> list[str]:
+    """The query string's values of `name`; 400 bad_request for a query string that is not UTF-8 (werkzeug cannot
+    decode it)."""
+    try:
+        return request.args.getlist(name)
+    except UnicodeDecodeError:
+        raise ApiError(400, "bad_request", "Query string is not valid UTF-8") from None
 
 
 def operator_secrets() -> tuple[str, ...]:
@@ -128,7 +137,7 @@ def require_lookup_signature(view: Callable[..., Any]) -> Callable[..., Any]:
         secret = current_app.config["CHATWOOT_EMBED_SECRET"]
         if not secret:
             admit_lookup()
-        elif not webhook_auth.lookup_signature_valid(secret, account_id_of(account_id), request.args.get("sig")):
+        elif not webhook_auth.lookup_signature_valid(secret, account_id_of(account_id), next(iter(query_values("sig")), None)):
             refuse_failed_authentication(403, "invalid_signature", "Invalid lookup signature")
         return view(account_id, *args, **kwargs)
 
