@@ -43,7 +43,7 @@ class HeldLookupsFirst:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         started = time.perf_counter()
-        body = self.held_answer(environ) if environ.get("REQUEST_METHOD") == "GET" and not self.routes_by_host() else None
+        body = self.held_answer(environ) if environ.get("REQUEST_METHOD") == "GET" else None
         if body is None:
             return self.wsgi_app(environ, start_response)
         observability.observe_lookup("hit", time.perf_counter() - started)
@@ -59,7 +59,7 @@ class HeldLookupsFirst:
         """The answer's body if this is a lookup of a held company that the view would admit (and it is now
         counted as the view counts it); else None, and nothing was counted."""
         path: str = environ.get("PATH_INFO", "")
-        if not path.startswith(self.lookup_path):
+        if not path.startswith(self.lookup_path) or self.routes_by_host():
             return None
         account_id = valid_account_id(path[len(self.lookup_path):])
         held = started_held_answers(self.app) if account_id is not None else None
