@@ -20,8 +20,12 @@ from flask.cli import with_appcontext
 from sqlalchemy import event, inspect, text
 from sqlalchemy.schema import CreateColumn
 
+from multibackend import schema_upgrade
 from multibackend.extensions import db
+from multibackend.online_ddl import LockHeld, LockPolicy, Report
 from multibackend.services.companies import STATEMENT_TIMEOUT_EXTENSION, company_write
+
+logger = logging.getLogger(__name__)
 
 SCHEMA_FILE = Path(__file__).resolve().parent / "sql" / "postgresql_schema.sql"
 CLI_STATEMENT_TIMEOUT_MS = 120_000
@@ -44,28 +48,57 @@ def leave_objects_to_the_os_at_exit() -> None:
 
 
 @chatwoot_cli.command("init-db")
+@click.option("--dry-run", is_flag=True, help="Print the statements it would run on this database; change nothing.")
+@click.option("--lock-timeout", default=LockPolicy.lock_timeout_ms, show_default=True, type=click.IntRange(10, 10_000),
+              help="Milliseconds one try waits for a lock before letting the queue behind it go (PostgreSQL).")
+@click.option("--max-lock-wait", default=LockPolicy.max_wait_seconds, show_default=True, type=click.FloatRange(0, 3600),
+              help="Seconds to keep trying for a lock before giving up and naming who holds it (PostgreSQL).")
 @with_appcontext
-def init_db_command() -> None:
-    """Create the tables (PostgreSQL: apply postgresql_schema.sql); safe to run on every release."""
-    click.echo(f"[Chatwoot Sync] {apply_schema()}")
+def init_db_command(dry_run: bool, lock_timeout: int, max_lock_wait: float) -> None:
+    """Create or upgrade the tables online (PostgreSQL: no lock held across work); safe to run on every release."""
+    policy = LockPolicy(lock_timeout_ms=lock_timeout, max_wait_seconds=max_lock_wait)
+    if dry_run:
+        print_upgrade_plan(policy)
+        return
+    try:
+        outcome = apply_schema(policy, report=lambda message: click.echo(f"[Chatwoot Sync] init-db: {message}"))
+    except LockHeld as exc:
+        raise click.ClickException(
+            f"[Chatwoot Sync] init-db stopped, nothing half-done: {exc}. The table stays usable; run init-db again "
+            "once that session ends (or end it: SELECT pg_terminate_backend(<pid>)); it resumes where it stopped."
+        ) from None
+    click.echo(f"[Chatwoot Sync] {outcome}")
 
 
-def apply_schema() -> str:
+def print_upgrade_plan(policy: LockPolicy) -> None:
+    """The statements init-db would run on this database, as SQL on stdout (what it says, on stderr)."""
+    if db.engine.dialect.name != "postgresql":
+        raise click.ClickException("--dry-run lists PostgreSQL statements; the embedded SQLite database needs none")
+    say = lambda message: click.echo(f"-- {message}", err=True)  # noqa: E731
+    statements = schema_upgrade.upgrade(db.engine, say, policy, dry_run=True)
+    for statement in statements:
+        click.echo(f"{statement}\n")
+    say(f"{len(statements)} statements would run" if statements else "the schema is up to date: nothing would run")
+
+
+def apply_schema(policy: LockPolicy | None = None, report: Report | None = None) -> str:
     """Bring the database's tables up to the models; idempotent. Returns what was done, for operators."""
     engine = db.engine
     if engine.dialect.name == "postgresql":
-        with company_write() as write, engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        with company_write() as write:
             write.changes_schema()  # the upgrade fills columns of older rows: cached answers are dropped after it
-            connection.exec_driver_sql("SET statement_timeout = 0")
-            try:
-                connection.exec_driver_sql(SCHEMA_FILE.read_text(encoding="utf-8"))
-            finally:
-                connection.exec_driver_sql("RESET statement_timeout")  # the connection goes back to the pool
-        return f"Schema applied from {SCHEMA_FILE.name} to PostgreSQL"
+            statements = schema_upgrade.upgrade(engine, report or log_progress, policy)
+        if not statements:
+            return "Schema up to date on PostgreSQL: nothing to do"
+        return f"Schema upgraded on PostgreSQL online: {len(statements)} changes"
     db.metadata.create_all(engine)
     added = add_missing_sqlite_columns()
     note = f" ({len(added)} columns added: {', '.join(added)})" if added else ""
     return f"Tables created in {engine.url.render_as_string(hide_password=True)}{note}"
+
+
+def log_progress(message: str) -> None:
+    logger.info("[Chatwoot Sync] init-db: %s", message)
 
 
 def add_missing_sqlite_columns() -> list[str]:

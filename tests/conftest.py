@@ -98,6 +98,32 @@ def make_app(clean_database: str, redis_client: redis.Redis, redis_url: str) -> 
 
 
 @pytest.fixture
+def app_on_own_database(make_app: Callable[..., Flask]) -> Iterator[Callable[..., tuple[Flask, str]]]:
+    """A factory: a database of the test's own, set up by the given SQL statements, and an app on it: (app, its URL).
+    Dropped at the end of the test."""
+    admin, made = admin_url(), []
+
+    def factory(*statements: str) -> tuple[Flask, str]:
+        name = f"multibackend_own_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        url = with_database(admin, name)
+        with psycopg.connect(url, autocommit=True) as connection:
+            for statement in statements:
+                connection.execute(statement)
+        app = make_app(DATABASE_URL=url)
+        made.append((app, name))
+        return app, url
+
+    yield factory
+    for app, name in made:
+        with app.app_context():
+            db.engine.dispose()
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
 def app(make_app: Callable[..., Flask]) -> Flask:
     return make_app()
 

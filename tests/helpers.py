@@ -203,3 +203,66 @@ def dead_redis_url() -> str:
 def dead_database_url() -> str:
     """A PostgreSQL address where nothing listens."""
     return f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
+
+
+# ---- the old deployment, reading and inserting while a release upgrades the table -----------------------------
+
+
+class ConcurrentLoad:
+    """Connections that read companies by account and insert new ones with only the setup guide's columns, each
+    statement timed from the connection's side, until the block ends: `max_wait`, `slowest`, `failures`."""
+
+    def __init__(self, url: str, connections: int = 4):
+        self.url, self.connections = url, connections
+        self.latencies: list[tuple[float, str]] = []
+        self.failures: list[str] = []
+        self.inserted = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, args=(number,), daemon=True) for number in range(connections)]
+
+    def __enter__(self) -> ConcurrentLoad:
+        for thread in self._threads:
+            thread.start()
+        time.sleep(0.3)
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        time.sleep(0.3)
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+    @property
+    def statements(self) -> int:
+        return len(self.latencies)
+
+    @property
+    def max_wait(self) -> float:
+        return max((seconds for seconds, _ in self.latencies), default=0.0)
+
+    @property
+    def slowest(self) -> list[tuple[float, str]]:
+        return sorted(self.latencies, reverse=True)[:3]
+
+    def _run(self, number: int) -> None:
+        account = 10_000_000 + number * 1_000_000
+        with psycopg.connect(self.url, autocommit=True, options="-c statement_timeout=30000") as connection:
+            while not self._stop.is_set():
+                account += 1
+                for kind, statement, parameters in (
+                    ("read", "SELECT id, company_id FROM companies WHERE chatwoot_account_id = %s", (str(account % 1000 + 1),)),
+                    ("insert", "INSERT INTO companies (company_id, company_name, chatwoot_account_id) VALUES (%s, %s, %s)",
+                     (f"chatwoot_{account}", f"New {account}", str(account))),
+                ):
+                    started = time.perf_counter()
+                    try:
+                        connection.execute(statement, parameters)
+                    except psycopg.Error as exc:
+                        with self._lock:
+                            self.failures.append(f"{kind}: {type(exc).__name__}: {exc}")
+                        continue
+                    with self._lock:
+                        self.latencies.append((time.perf_counter() - started, kind))
+                        self.inserted += kind == "insert"
+                time.sleep(0.002)

@@ -226,7 +226,7 @@ def test_init_db_command_is_idempotent(database_url):
     for _ in range(2):
         result = run_cli("chatwoot", "init-db", env={"DATABASE_URL": database_url, "REDIS_URL": ""})
         assert result.returncode == 0, result.stderr
-        assert "Schema applied" in result.stdout
+        assert "Schema up to date on PostgreSQL: nothing to do" in result.stdout
 
 
 def test_init_db_command_on_sqlite(tmp_path):

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import uuid
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from multibackend.cli import apply_schema
-from multibackend.extensions import db
 from multibackend.services import dashboard_tabs, dedupe
 from multibackend.services.delivery_spool import SPOOL_KEY
-from tests.helpers import ROOT, WEBHOOK, admin_url, companies_state, doctor_checks, free_port, run_command, with_database
+from tests.helpers import ROOT, WEBHOOK, companies_state, doctor_checks, free_port, run_command
 
 SECRET = "doctor-secret"
 BACKEND = "https://backend.example"
@@ -163,21 +160,9 @@ INSERT INTO companies (company_id, company_name, chatwoot_account_id, created_at
 
 
 @pytest.fixture
-def legacy_database(make_app):
+def legacy_database(app_on_own_database):
     """An older companies table with duplicates and no UNIQUE constraint: (app on it, its URL)."""
-    name = f"multibackend_legacy_{uuid.uuid4().hex[:8]}"
-    admin = admin_url()
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = with_database(admin, name)
-    with psycopg.connect(url, autocommit=True) as connection:
-        connection.execute(LEGACY_TABLE)
-    app = make_app(DATABASE_URL=url)
-    yield app, url
-    with app.app_context():
-        db.engine.dispose()
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    return app_on_own_database(LEGACY_TABLE)
 
 
 @pytest.fixture

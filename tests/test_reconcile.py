@@ -561,4 +561,4 @@ def test_a_command_leaves_its_objects_to_the_os_at_exit_and_still_runs_every_ate
         cwd=ROOT, env={**os.environ, "DATABASE_URL": database_url}, capture_output=True, text=True, timeout=60,
     )
     assert completed.returncode == 0, completed.stderr
-    assert "Schema applied" in completed.stdout and "frozen at exit: True" in completed.stdout
+    assert "Schema up to date on PostgreSQL" in completed.stdout and "frozen at exit: True" in completed.stdout

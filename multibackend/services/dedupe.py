@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import text
 
+from multibackend import schema_upgrade
 from multibackend.extensions import db
+from multibackend.online_ddl import Report
 from multibackend.services.companies import company_write
 
-UNIQUE_CONSTRAINT = "companies_chatwoot_account_id_key"
+logger = logging.getLogger(__name__)
+
+DEDUPE_ROUNDS = 3
 
 DUPLICATES_SQL = text(
     """
@@ -38,24 +44,24 @@ def duplicate_rows() -> list[DuplicateRow]:
 
 
 def has_unique_constraint() -> bool:
-    """Whether companies.chatwoot_account_id is protected by its UNIQUE constraint."""
-    return bool(
-        db.session.execute(
-            text("SELECT 1 FROM pg_constraint WHERE conrelid = 'companies'::regclass AND conname = :name"),
-            {"name": UNIQUE_CONSTRAINT},
-        ).first()
-    )
+    """Whether a valid UNIQUE index (under any name) protects companies.chatwoot_account_id."""
+    return schema_upgrade.has_unique_index(read_in_session, "companies", "chatwoot_account_id")
 
 
-def remove_duplicates_and_constrain() -> list[DuplicateRow]:
-    """Delete the older duplicates and add the UNIQUE constraint, in one transaction (all or nothing)."""
-    with company_write() as write:
-        db.session.execute(text("LOCK TABLE companies IN SHARE ROW EXCLUSIVE MODE"))
-        removed = duplicate_rows()
-        if removed:
-            write.remove([row.id for row in removed])
-        if not has_unique_constraint():
-            db.session.execute(
-                text(f"ALTER TABLE companies ADD CONSTRAINT {UNIQUE_CONSTRAINT} UNIQUE (chatwoot_account_id)")
-            )
-    return removed
+def read_in_session(statement: Any, parameters: dict[str, Any]) -> list[Any]:
+    return list(db.session.execute(statement, parameters))
+
+
+def remove_duplicates_and_constrain(report: Report = logger.info) -> list[DuplicateRow]:
+    """Delete the older duplicates, then build the UNIQUE index online (no table lock); a duplicate written
+    meanwhile makes the build fail, and is removed in the next round."""
+    removed: list[DuplicateRow] = []
+    for _ in range(DEDUPE_ROUNDS):
+        with company_write() as write:
+            rows = duplicate_rows()
+            if rows:
+                write.remove([row.id for row in rows])
+        removed += rows
+        if schema_upgrade.protect_account_ids(db.engine, report):
+            return removed
+    raise RuntimeError(f"duplicates of chatwoot_account_id kept arriving during {DEDUPE_ROUNDS} rounds of dedupe")

@@ -16,7 +16,7 @@ from multibackend.clock import utcnow
 from multibackend.extensions import db, get_redis
 from multibackend.logging_setup import printable
 from multibackend.models import Company, SyncEvent
-from multibackend.services import dashboard_tabs, delivery_spool
+from multibackend.services import dashboard_tabs, dedupe, delivery_spool
 from multibackend.services.chatwoot_source import ChatwootDatabaseSource, SourceError, chatwoot_source
 
 WEBHOOK_PATH = "/api/chatwoot/webhooks/account-created"
@@ -87,10 +87,7 @@ def check_companies_table() -> Outcome:
     inspector = inspect(db.engine)
     if not inspector.has_table("companies"):
         return failed("missing", f"{chatwoot_command()} init-db")
-    unique = any(
-        constraint["column_names"] == ["chatwoot_account_id"] for constraint in inspector.get_unique_constraints("companies")
-    )
-    if not unique:
+    if db.engine.dialect.name == "postgresql" and not dedupe.has_unique_constraint():
         return failed("no UNIQUE constraint on chatwoot_account_id",
             f"{chatwoot_command()} dedupe --dry-run, then {chatwoot_command()} dedupe",
         )

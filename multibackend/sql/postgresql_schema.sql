@@ -1,6 +1,8 @@
--- multibackend: Chatwoot auto-sync schema (PostgreSQL).
--- Safe to apply any number of times, also on an older database:
---   psql "$DATABASE_URL" < postgresql_schema.sql      or      flask --app wsgi chatwoot init-db
+-- multibackend: Chatwoot auto-sync schema (PostgreSQL), for a NEW database:
+--   psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -f postgresql_schema.sql
+-- A database that already has a `companies` table (an older version's, the setup guide's, a host backend's) is
+-- upgraded by `flask --app wsgi chatwoot init-db` instead: it adds what is missing online, step by step, without
+-- holding a lock across work (multibackend/schema_upgrade.py). init-db also creates a new database by itself.
 -- (shipped inside the package as multibackend/sql/postgresql_schema.sql; the repository's root file links to it)
 -- tests/test_schema.py proves this file and multibackend/models describe the same tables.
 
@@ -30,53 +32,6 @@ CREATE TABLE IF NOT EXISTS companies (
     CONSTRAINT companies_chatwoot_status_check
         CHECK (chatwoot_status IN ('active', 'suspended', 'deletion_pending', 'deleted'))
 );
-
--- An older `companies` table (from the first setup guide, or the host backend's own) gets the missing columns;
--- its rows and its own columns are kept.
-ALTER TABLE companies ADD COLUMN IF NOT EXISTS redis_prefix VARCHAR(80);
-ALTER TABLE companies ADD COLUMN IF NOT EXISTS vectorstore_index VARCHAR(100);
-ALTER TABLE companies ADD COLUMN IF NOT EXISTS provisioning_status VARCHAR(16) NOT NULL DEFAULT 'pending';
-ALTER TABLE companies ADD COLUMN IF NOT EXISTS provisioning_error TEXT;
-ALTER TABLE companies ADD COLUMN IF NOT EXISTS provisioning_attempts INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE companies ADD COLUMN IF NOT EXISTS next_provisioning_at TIMESTAMPTZ;
-ALTER TABLE companies ADD COLUMN IF NOT EXISTS chatwoot_status VARCHAR(20) NOT NULL DEFAULT 'active';
-ALTER TABLE companies ADD COLUMN IF NOT EXISTS created_at TIMESTAMPTZ NOT NULL DEFAULT now();
-ALTER TABLE companies ADD COLUMN IF NOT EXISTS updated_at TIMESTAMPTZ NOT NULL DEFAULT now();
--- Only Chatwoot companies get tenant names; on a table the host writes too, the columns stay nullable so the
--- host's own inserts (which know nothing of them) keep working.
-UPDATE companies SET redis_prefix = company_id || ':'
-    WHERE redis_prefix IS NULL AND chatwoot_account_id IS NOT NULL;
-UPDATE companies SET vectorstore_index = company_id || '_documents'
-    WHERE vectorstore_index IS NULL AND chatwoot_account_id IS NOT NULL;
-
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'companies'::regclass
-                   AND conname = 'companies_chatwoot_account_id_key') THEN
-        IF EXISTS (SELECT 1 FROM companies WHERE chatwoot_account_id IS NOT NULL
-                   GROUP BY chatwoot_account_id HAVING count(*) > 1) THEN
-            RAISE WARNING 'companies holds duplicate chatwoot_account_id rows: run `flask --app wsgi chatwoot dedupe --dry-run`, then without --dry-run';
-        ELSE
-            ALTER TABLE companies ADD CONSTRAINT companies_chatwoot_account_id_key UNIQUE (chatwoot_account_id);
-        END IF;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'companies'::regclass
-                   AND conname = 'companies_company_id_key')
-       AND NOT EXISTS (SELECT 1 FROM companies GROUP BY company_id HAVING count(*) > 1) THEN
-        ALTER TABLE companies ADD CONSTRAINT companies_company_id_key UNIQUE (company_id);
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'companies'::regclass
-                   AND conname = 'companies_provisioning_status_check') THEN
-        ALTER TABLE companies ADD CONSTRAINT companies_provisioning_status_check
-            CHECK (provisioning_status IN ('pending', 'ready', 'failed'));
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'companies'::regclass
-                   AND conname = 'companies_chatwoot_status_check') THEN
-        ALTER TABLE companies ADD CONSTRAINT companies_chatwoot_status_check
-            CHECK (chatwoot_status IN ('active', 'suspended', 'deletion_pending', 'deleted'));
-    END IF;
-END
-$$;
 
 -- what the reconciler scans for: companies whose provisioning is not finished
 CREATE INDEX IF NOT EXISTS ix_companies_unfinished_provisioning ON companies (next_provisioning_at)

@@ -30,7 +30,7 @@ def test_init_db_is_repeatable_and_leaves_the_hosts_schema_alone(cli, database_u
     for _ in range(2):
         result = cli("chatwoot", "init-db")
         assert result.returncode == 0, result.stdout + result.stderr
-        assert "Schema applied" in result.stdout
+        assert "Schema up to date on PostgreSQL: nothing to do" in result.stdout
     assert public_columns(database_url) == before
     assert ("companies", "plan", "character varying") in before
     assert {table for table, _, _ in before} >= {"companies", "vector_indexes", "alembic_version"} | AUTO_SYNC_TABLES
