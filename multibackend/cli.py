@@ -21,9 +21,9 @@ from sqlalchemy import event, inspect, text
 from sqlalchemy.schema import CreateColumn
 
 from multibackend import schema_upgrade
-from multibackend.extensions import db
-from multibackend.online_ddl import LockHeld, LockPolicy, Report
-from multibackend.services.companies import STATEMENT_TIMEOUT_EXTENSION, company_write
+from multibackend.extensions import db, engine_connect_args
+from multibackend.online_ddl import LockHeld, LockPolicy, Report, SchemaConflict
+from multibackend.services.companies import STATEMENT_TIMEOUT_EXTENSION, schema_change
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +53,13 @@ def leave_objects_to_the_os_at_exit() -> None:
               help="Milliseconds one try waits for a lock before letting the queue behind it go (PostgreSQL).")
 @click.option("--max-lock-wait", default=LockPolicy.max_wait_seconds, show_default=True, type=click.FloatRange(0, 3600),
               help="Seconds to keep trying for a lock before giving up and naming who holds it (PostgreSQL).")
+@click.option("--max-build-wait", default=LockPolicy.max_build_wait_seconds, show_default=True,
+              type=click.FloatRange(0, 86400), help="Seconds an index build (which blocks nobody) may wait for one "
+              "other transaction before it is cancelled and its holder named (PostgreSQL).")
 @with_appcontext
-def init_db_command(dry_run: bool, lock_timeout: int, max_lock_wait: float) -> None:
+def init_db_command(dry_run: bool, lock_timeout: int, max_lock_wait: float, max_build_wait: float) -> None:
     """Create or upgrade the tables online (PostgreSQL: no lock held across work); safe to run on every release."""
-    policy = LockPolicy(lock_timeout_ms=lock_timeout, max_wait_seconds=max_lock_wait)
+    policy = LockPolicy(lock_timeout_ms=lock_timeout, max_wait_seconds=max_lock_wait, max_build_wait_seconds=max_build_wait)
     if dry_run:
         print_upgrade_plan(policy)
         return
@@ -64,9 +67,12 @@ def init_db_command(dry_run: bool, lock_timeout: int, max_lock_wait: float) -> N
         outcome = apply_schema(policy, report=lambda message: click.echo(f"[Chatwoot Sync] init-db: {message}"))
     except LockHeld as exc:
         raise click.ClickException(
-            f"[Chatwoot Sync] init-db stopped, nothing half-done: {exc}. The table stays usable; run init-db again "
-            "once that session ends (or end it: SELECT pg_terminate_backend(<pid>)); it resumes where it stopped."
+            f"[Chatwoot Sync] init-db stopped: {exc}. Every change before it is committed and the table stays "
+            "usable; run init-db again once that session ends (or end it: SELECT pg_terminate_backend(<pid>)); it "
+            "resumes where it stopped."
         ) from None
+    except SchemaConflict as exc:
+        raise click.ClickException(f"[Chatwoot Sync] init-db stopped, nothing changed past this point: {exc}") from None
     click.echo(f"[Chatwoot Sync] {outcome}")
 
 
@@ -75,7 +81,10 @@ def print_upgrade_plan(policy: LockPolicy) -> None:
     if db.engine.dialect.name != "postgresql":
         raise click.ClickException("--dry-run lists PostgreSQL statements; the embedded SQLite database needs none")
     say = lambda message: click.echo(f"-- {message}", err=True)  # noqa: E731
-    statements = schema_upgrade.upgrade(db.engine, say, policy, dry_run=True)
+    try:
+        statements = schema_upgrade.upgrade(db.engine, say, policy, dry_run=True, connect_args=engine_connect_args())
+    except SchemaConflict as exc:
+        raise click.ClickException(f"init-db could not run: {exc}") from None
     for statement in statements:
         click.echo(f"{statement}\n")
     say(f"{len(statements)} statements would run" if statements else "the schema is up to date: nothing would run")
@@ -85,9 +94,8 @@ def apply_schema(policy: LockPolicy | None = None, report: Report | None = None)
     """Bring the database's tables up to the models; idempotent. Returns what was done, for operators."""
     engine = db.engine
     if engine.dialect.name == "postgresql":
-        with company_write() as write:
-            write.changes_schema()  # the upgrade fills columns of older rows: cached answers are dropped after it
-            statements = schema_upgrade.upgrade(engine, report or log_progress, policy)
+        with schema_change():
+            statements = schema_upgrade.upgrade(engine, report or log_progress, policy, connect_args=engine_connect_args())
         if not statements:
             return "Schema up to date on PostgreSQL: nothing to do"
         return f"Schema upgraded on PostgreSQL online: {len(statements)} changes"

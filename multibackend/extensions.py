@@ -81,6 +81,13 @@ def init_database(app: Flask, host_db: SQLAlchemy | None) -> SQLAlchemy:
     return found
 
 
+def engine_connect_args() -> dict[str, Any]:
+    """The connect_args the app's engine was made with (search_path, SSL files, timeouts), for another engine on
+    the same database that must connect the same way."""
+    options = current_app.config.get("SQLALCHEMY_ENGINE_OPTIONS") or {}
+    return dict(options.get("connect_args") or {})
+
+
 def init_redis(app: Flask) -> None:
     """Create the app's Redis client (connections open lazily), or record that none is configured."""
     url = app.config.get("REDIS_URL") or ""

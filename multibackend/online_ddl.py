@@ -1,23 +1,34 @@
 """Changes to a live PostgreSQL table that never hold a lock across work and never wait one out.
 
-Each change runs in its own short transaction under `SET LOCAL lock_timeout`: it either gets its lock at once or
-gives up, lets the queue behind it go, and is tried again with backoff; a lock that stays held is reported with
-its holder (`LockHeld`). Indexes are built CONCURRENTLY with progress, and one left invalid by an interrupted
-build is dropped and built again. Nothing outlives a transaction (no `SET`, no session lock, no prepared
-statement), so it works the same behind a transaction-pooling PgBouncer. With `dry_run` it only records the
-statements it would run."""
+- A change runs in a short transaction under `SET LOCAL lock_timeout`: it gets its lock at once or gives up, so
+  nobody queues behind it, and is tried again with backoff; a lock that stays held raises `LockHeld`, naming the
+  sessions that hold it (pid, how long their transaction has been open, their query).
+- An index is built `CONCURRENTLY`, watched from a second connection that reports its phase and cancels it when it
+  has waited on another transaction too long. What `build_index` finds under the index's name decides what it does:
+
+  | found       | done                                                                  |
+  |-------------|-----------------------------------------------------------------------|
+  | nothing     | build it                                                              |
+  | valid       | nothing                                                               |
+  | building    | another session's build: wait for it, then look again                 |
+  | invalid     | left by an interrupted build: `DROP INDEX CONCURRENTLY`, build again  |
+
+- A backfill updates a range of keys per short transaction, with progress.
+- Nothing outlives its transaction (no session `SET`, no session lock, no prepared statement), so it works the same
+  behind a transaction-pooling PgBouncer. With `dry_run` it only records the statements it would run."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
@@ -25,26 +36,30 @@ Report = Callable[[str], None]
 
 RETRYABLE_SQLSTATES = frozenset({"55P03", "40P01", "40001"})  # lock_not_available, deadlock, serialization
 QUERY_CANCELED = "57014"
-DUPLICATE_STATES = frozenset({"42P07", "42710"})  # duplicate table/object: another run made the same change meanwhile
 UNIQUE_VIOLATION = "23505"
 WATCH_INTERVAL_SECONDS = 0.5
 PROGRESS_EVERY_SECONDS = 5.0
 
-#: lock modes that conflict with the one a statement takes (PostgreSQL's table-level lock matrix)
+#: the lock modes whose holders a statement taking `mode` waits for (PostgreSQL's table-level conflict table); a
+#: batch of UPDATEs (RowExclusiveLock) also waits for the row locks of other writers, so writers are named too
 CONFLICTS = {
-    "AccessExclusiveLock": ("AccessShareLock", "RowShareLock", "RowExclusiveLock", "ShareUpdateExclusiveLock",
-                            "ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock"),
+    "AccessShareLock": ("AccessExclusiveLock",),
+    "RowExclusiveLock": ("RowExclusiveLock", "ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock"),
     "ShareUpdateExclusiveLock": ("ShareUpdateExclusiveLock", "ShareLock", "ShareRowExclusiveLock", "ExclusiveLock",
                                  "AccessExclusiveLock"),
-    "RowExclusiveLock": ("RowExclusiveLock", "ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock"),
+    "AccessExclusiveLock": ("AccessShareLock", "RowShareLock", "RowExclusiveLock", "ShareUpdateExclusiveLock",
+                            "ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock"),
 }
 
+# sessions of this database holding (or queued for: an ACCESS EXCLUSIVE request blocks everyone) a conflicting lock
 HOLDERS_SQL = text(
     """
     SELECT a.pid, EXTRACT(EPOCH FROM clock_timestamp() - a.xact_start), a.state, a.query
     FROM pg_stat_activity a
-    WHERE a.pid IN (SELECT l.pid FROM pg_locks l WHERE l.relation = to_regclass(:table) AND l.granted
-                    AND l.mode = ANY(:modes))
+    WHERE a.pid IN (SELECT l.pid FROM pg_locks l
+                    WHERE l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                      AND l.relation = to_regclass(:table) AND l.mode = ANY(:modes)
+                      AND (l.granted OR l.mode = 'AccessExclusiveLock'))
       AND a.pid <> pg_backend_pid()
     ORDER BY a.xact_start NULLS LAST
     LIMIT 3
@@ -53,20 +68,27 @@ HOLDERS_SQL = text(
 HOLDER_SQL = text(
     "SELECT pid, EXTRACT(EPOCH FROM clock_timestamp() - xact_start), state, query FROM pg_stat_activity WHERE pid = :pid"
 )
+ADVISORY_HOLDER_SQL = text(
+    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = 0 AND objid = :key AND objsubid = 1"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
 INDEX_STATE_SQL = text(
     """
-    SELECT i.indisvalid,
+    SELECT i.indrelid = to_regclass(:table), i.indrelid::regclass::text, i.indisvalid,
            EXISTS (SELECT 1 FROM pg_stat_progress_create_index p WHERE p.index_relid = i.indexrelid)
     FROM pg_index i WHERE i.indexrelid = to_regclass(:index)
     """
 )
-# a CONCURRENTLY statement of ours as it runs: the transaction it waits for, if any, and its index build's progress
+# a CONCURRENTLY statement of ours, found by the tag it starts with: the session it waits for, and its progress
 WATCHED_SQL = text(
     """
     SELECT a.pid, (pg_blocking_pids(a.pid))[1], p.phase, p.blocks_total, p.blocks_done, p.tuples_total, p.tuples_done
     FROM pg_stat_activity a LEFT JOIN pg_stat_progress_create_index p ON p.pid = a.pid
-    WHERE a.query = :statement AND a.state = 'active' AND a.pid <> pg_backend_pid()
+    WHERE a.datname = current_database() AND a.state = 'active' AND starts_with(a.query, :tag)
     """
+)
+CANCEL_SQL = text(
+    "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE pid = :pid AND state = 'active' AND starts_with(query, :tag)"
 )
 
 
@@ -86,20 +108,26 @@ class Holder:
 
 
 class LockHeld(Exception):
-    """A lock stayed held past the wait allowed; the table was left as it was before the change."""
+    """A change waited longer than the policy allows; every change before it is committed, the table is usable."""
 
-    def __init__(self, what: str, holders: list[Holder], waited: float):
+    def __init__(self, what: str, holders: list[Holder], waited: float, left: str = ""):
         self.what, self.holders, self.waited = what, holders, waited
         named = "; ".join(str(holder) for holder in holders) or "a session that has since let go"
-        super().__init__(f"{what}: a lock stayed held for {waited:.1f} s by {named}")
+        super().__init__(f"{what}: waited {waited:.1f} s for {named}{left}")
+
+
+class SchemaConflict(Exception):
+    """The database holds something under a name the upgrade uses that is not what the upgrade would make."""
 
 
 @dataclass(frozen=True)
 class LockPolicy:
-    """How long a change may wait for its lock: each try `lock_timeout_ms`, then backoff, for `max_wait_seconds`."""
+    """How long a change may wait: each try `lock_timeout_ms`, then backoff, for `max_wait_seconds` in all; an index
+    build (which blocks nobody while it waits) on one other transaction for `max_build_wait_seconds`."""
 
     lock_timeout_ms: int = 300
     max_wait_seconds: float = 30.0
+    max_build_wait_seconds: float = 300.0
     first_backoff_seconds: float = 0.2
     max_backoff_seconds: float = 2.0
 
@@ -116,14 +144,16 @@ def sqlstate(error: BaseException) -> str | None:
     return getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
 
 
-def ddl_engine(engine: Engine) -> Engine:
-    """An engine on the same database for schema changes: no pool, no statement timeout of the web requests', no
+def ddl_engine(engine: Engine, connect_args: Mapping[str, Any] | None = None) -> Engine:
+    """An engine on the same database, connecting as the app's engine does (its connect_args: search_path, SSL,
+    timeouts), with no pool, no statement timeout (an index build on a large table takes a while) and no
     server-side prepared statements (psycopg 3 would prepare a repeated batch; a pooler cannot keep it)."""
-    url = make_url(engine.url)
-    connect_args: dict[str, Any] = {"application_name": "multibackend init-db"}
-    if url.get_driver_name() == "psycopg":
-        connect_args["prepare_threshold"] = None
-    return create_engine(url, poolclass=NullPool, connect_args=connect_args)
+    arguments = dict(connect_args or {})
+    arguments["options"] = f"{arguments.get('options', '')} -c statement_timeout=0".strip()
+    arguments["application_name"] = "multibackend init-db"
+    if engine.url.get_driver_name() == "psycopg":
+        arguments["prepare_threshold"] = None
+    return create_engine(engine.url, poolclass=NullPool, connect_args=arguments)
 
 
 @dataclass
@@ -136,20 +166,28 @@ class OnlineDDL:
     dry_run: bool = False
     statements: list[str] = field(default_factory=list)
 
-    # --- reading the catalog (never locks more than a reader) -----------------------------------------------
+    # --- reading ------------------------------------------------------------------------------------------
 
-    def read(self, statement: Any, parameters: dict[str, Any] | None = None) -> list[Any]:
-        """Rows of one read-only statement, in a transaction of its own."""
-        with self.engine.connect() as connection:
-            return list(connection.execute(statement if not isinstance(statement, str) else text(statement), parameters or {}))
+    def read(self, statement: Any, parameters: Mapping[str, Any] | None = None, table: str = "companies") -> list[Any]:
+        """Rows of one read, in a short transaction: never queued behind another session's ACCESS EXCLUSIVE."""
 
-    def index_state(self, index: str) -> str:
+        def attempt(connection: Connection) -> list[Any]:
+            with self.short_transaction(connection):
+                return list(connection.execute(text(statement) if isinstance(statement, str) else statement, parameters or {}))
+
+        return self.with_retries("reading the catalog", table, "AccessShareLock", attempt)
+
+    def index_state(self, table: str, index: str) -> str:
         """'absent', 'valid', 'building' (a concurrent build in progress) or 'invalid' (left by one interrupted)."""
-        rows = self.read(INDEX_STATE_SQL, {"index": index})
+        rows = self.read(INDEX_STATE_SQL, {"table": table, "index": index}, table)
         if not rows:
             return "absent"
-        valid, building = rows[0]
+        on_table, owner, valid, building = rows[0]
+        if not on_table:
+            raise SchemaConflict(f"the name {index} is taken by an index on {owner}, not on {table}: rename that one")
         return "valid" if valid else "building" if building else "invalid"
+
+    # --- one run at a time --------------------------------------------------------------------------------
 
     @contextmanager
     def one_run_at_a_time(self, key: int) -> Iterator[None]:
@@ -161,10 +199,16 @@ class OnlineDDL:
             return
         started = said = time.monotonic()
         with self.engine.connect() as connection, connection.begin():
+            connection.exec_driver_sql("SET LOCAL idle_in_transaction_session_timeout = 0")
             # a literal, not a bound parameter: a bound statement's portal would keep its snapshot open to the end
+            # (and nothing else in it: every other read of this loop goes through a connection of its own)
             while not connection.exec_driver_sql(f"SELECT pg_try_advisory_xact_lock({int(key)})").scalar():
-                if time.monotonic() - said >= PROGRESS_EVERY_SECONDS or said == started:
-                    self.report("another init-db is upgrading this database: waiting for it to finish")
+                waited = time.monotonic() - started
+                holder = next(iter(self.read(ADVISORY_HOLDER_SQL, {"key": key})), [None])[0]
+                if waited > self.policy.max_build_wait_seconds:
+                    raise LockHeld("another init-db", [], waited)
+                if said == started or time.monotonic() - said >= PROGRESS_EVERY_SECONDS:
+                    self.report(f"another init-db (pid {holder}) is upgrading this database: waiting for it to finish")
                     said = time.monotonic()
                 time.sleep(WATCH_INTERVAL_SECONDS)
             yield
@@ -172,8 +216,7 @@ class OnlineDDL:
     # --- changes ------------------------------------------------------------------------------------------
 
     def change(self, table: str, statements: list[str], mode: str = "AccessExclusiveLock") -> None:
-        """Run the statements in one short transaction, retried with backoff for the policy's wait; a change
-        another run made meanwhile counts as done."""
+        """Run the statements in one short transaction, retried with backoff for the policy's wait."""
         self.statements.append(self.framed(statements))
         if self.dry_run:
             return
@@ -208,10 +251,7 @@ class OnlineDDL:
                 try:
                     return attempt(connection)
                 except DBAPIError as exc:
-                    state = sqlstate(exc)
-                    if state in DUPLICATE_STATES:
-                        return None
-                    if state not in RETRYABLE_SQLSTATES:
+                    if sqlstate(exc) not in RETRYABLE_SQLSTATES:
                         raise
             holders = self.holders(table, mode)
             waited = time.monotonic() - started
@@ -224,48 +264,55 @@ class OnlineDDL:
 
     def holders(self, table: str, mode: str) -> list[Holder]:
         """The sessions holding locks on the table that conflict with `mode`, oldest transaction first."""
-        rows = self.read(HOLDERS_SQL, {"table": table, "modes": list(CONFLICTS[mode])})
-        return [Holder(*row) for row in rows]
+        with self.engine.connect() as connection:
+            rows = connection.execute(HOLDERS_SQL, {"table": table, "modes": list(CONFLICTS[mode])})
+            return [Holder(*row) for row in rows]
 
-    def backfill(self, table: str, what: str, batch_sql: str, total: int, keys: tuple[int, int], batch_size: int) -> int:
-        """Run batch_sql (`:after`, `:last`, `:batch` -> the keys it updated, RETURNING) from keys[0] until it updates
-        nothing, each batch its own short transaction; says how far it is every few seconds. Returns the rows updated."""
-        after, last_key = keys
-        first_batch = batch_sql.replace(":after", str(after)).replace(":last", str(last_key)).replace(":batch", str(batch_size))
-        self.statements.append(self.framed([first_batch]) + f"\n-- repeated with the last key as :after until no row is left ({total} rows)")
-        if self.dry_run or total == 0:
-            return 0
+    def backfill(self, table: str, what: str, batch: Callable[[Connection, int, int], tuple[int, int]],
+                 keys: tuple[int, int], total: int) -> int:
+        """batch(connection, after, last) -> (its own last key, rows it updated), for the keys after keys[0] up to
+        keys[1], each batch in a short transaction; says how far it is every few seconds. Returns the rows updated."""
+        after, last = keys
         done, said = 0, time.monotonic()
 
-        def one_batch(connection: Connection) -> list[int]:
+        def attempt(connection: Connection) -> tuple[int, int]:
             with self.short_transaction(connection):
-                return [row[0] for row in connection.execute(text(batch_sql), {"after": after, "last": last_key, "batch": batch_size})]
+                return batch(connection, after, last)
 
-        while keys := self.with_retries(what, table, "RowExclusiveLock", one_batch):
-            after, done = max(keys), done + len(keys)
+        while after < last:
+            after, updated = self.with_retries(what, table, "RowExclusiveLock", attempt)
+            done += updated
             if time.monotonic() - said >= PROGRESS_EVERY_SECONDS:
                 self.report(f"{what}: {done:,} of {total:,} rows ({100 * done // max(total, 1)} %)")
                 said = time.monotonic()
         self.report(f"{what}: {done:,} rows done")
         return done
 
+    # --- indexes ------------------------------------------------------------------------------------------
+
     def build_index(self, table: str, index: str, create_sql: str) -> None:
-        """CREATE [UNIQUE] INDEX CONCURRENTLY, reporting its phase; an invalid leftover is dropped first, a build by
-        another run is waited for. Raises LockHeld when the build waited on another transaction past the policy's
-        wait (it is cancelled; the next run rebuilds), and the driver's error when the rows break a UNIQUE index."""
+        """CREATE [UNIQUE] INDEX CONCURRENTLY, as the table at the top of this module says. Raises LockHeld when the
+        build waited on another transaction past the policy (it is cancelled; the next run rebuilds it), and the
+        driver's error when the rows break a UNIQUE index."""
         for _ in range(3):
-            state = self.index_state(index)
+            state = self.index_state(table, index)
             if state == "valid":
                 return
             if state == "building" and not self.dry_run:
                 self.report(f"index {index} is being built by another session: waiting for it")
-                self._wait_while_built_elsewhere(index)
+                self._wait_while_built_elsewhere(table, index)
                 continue
             if state == "invalid":
                 self.report(f"index {index} was left invalid by an interrupted build: dropping it to build it again")
                 self.concurrently(f"dropping index {index}", f"DROP INDEX CONCURRENTLY IF EXISTS {index}")
             self.report(f"building index {index} on {table} (CONCURRENTLY: reads and writes go on)")
-            self.concurrently(f"index {index}", create_sql)
+            try:
+                self.concurrently(f"index {index}", create_sql)
+            except DBAPIError as exc:  # a lock_timeout or deadlock the server's own settings gave it
+                if sqlstate(exc) not in RETRYABLE_SQLSTATES:
+                    raise
+                self.report(f"index {index}: {type(exc.orig).__name__}, building it again")
+                continue
             if self.dry_run:
                 return
         raise RuntimeError(f"index {index} could not be built: another session keeps rebuilding it")
@@ -276,37 +323,39 @@ class OnlineDDL:
         self.statements.append(f"{statement};")
         if self.dry_run:
             return
-        watch = StatementWatch(self, label, statement)
-        with watch.running():
-            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-                try:
-                    connection.exec_driver_sql(statement)
-                except DBAPIError as exc:
-                    if sqlstate(exc) == QUERY_CANCELED and watch.cancelled is not None:
-                        raise LockHeld(summary(statement), watch.cancelled, watch.waited) from None
-                    raise
+        watch = StatementWatch(self, label)
+        with watch.running(), self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            try:
+                connection.exec_driver_sql(f"{watch.tag} {statement}")
+            except DBAPIError as exc:
+                if sqlstate(exc) == QUERY_CANCELED and watch.cancelled is not None:
+                    left = f"; {label} is left invalid: the next init-db drops it and builds it again"
+                    raise LockHeld(summary(statement), watch.cancelled, watch.waited, left) from None
+                raise
 
-    def _wait_while_built_elsewhere(self, index: str) -> None:
+    def _wait_while_built_elsewhere(self, table: str, index: str) -> None:
         started = time.monotonic()
-        while self.index_state(index) == "building":
-            if time.monotonic() - started > self.policy.max_wait_seconds:
+        while self.index_state(table, index) == "building":
+            if time.monotonic() - started > self.policy.max_build_wait_seconds:
                 raise LockHeld(f"index {index} built by another session", [], time.monotonic() - started)
             time.sleep(WATCH_INTERVAL_SECONDS)
 
 
 class StatementWatch:
-    """Watches one CONCURRENTLY statement from its own connection: says its phase and how far it is, and cancels it
-    when it has waited on another transaction longer than the policy allows (`cancelled` names who)."""
+    """Watches one CONCURRENTLY statement (found by `tag`, a comment it starts with) from its own connection: says
+    its phase and how far it is, and cancels it once it has waited on one other transaction longer than the policy
+    allows (`cancelled` names who)."""
 
-    def __init__(self, ddl: OnlineDDL, label: str, statement: str):
-        self.ddl, self.label, self.statement = ddl, label, statement
+    def __init__(self, ddl: OnlineDDL, label: str):
+        self.ddl, self.label = ddl, label
+        self.tag = f"/* multibackend init-db {uuid.uuid4().hex} */"
         self.cancelled: list[Holder] | None = None
         self.waited = 0.0
         self._done = threading.Event()
 
     @contextmanager
     def running(self) -> Iterator[None]:
-        thread = threading.Thread(target=self._watch, name="watch a concurrent statement", daemon=True)
+        thread = threading.Thread(target=self._watch, name=f"watch {self.label}", daemon=True)
         thread.start()
         try:
             yield
@@ -315,24 +364,30 @@ class StatementWatch:
             thread.join()
 
     def _watch(self) -> None:
-        said, said_phase, waiting_since = 0.0, None, None
-        with self.ddl.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-            while not self._done.wait(WATCH_INTERVAL_SECONDS):
-                row = connection.execute(WATCHED_SQL, {"statement": self.statement}).first()
-                if row is None:
-                    continue
-                pid, blocker, phase, *progress = row
-                now = time.monotonic()
-                waiting_since = (waiting_since or now) if blocker else None
-                if (phase and phase != said_phase) or now - said >= PROGRESS_EVERY_SECONDS:
-                    self.ddl.report(f"{self.label}: {phase or 'running'}{done_part(*progress)}"
-                                    + (f", waiting for {holder_of(connection, blocker)}" if blocker else ""))
-                    said, said_phase = now, phase
-                if waiting_since is not None and now - waiting_since > self.ddl.policy.max_wait_seconds:
-                    self.waited = now - waiting_since
-                    self.cancelled = [holder_of(connection, blocker)]
-                    connection.execute(text("SELECT pg_cancel_backend(:pid)"), {"pid": pid})
-                    return
+        try:
+            with self.ddl.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+                self._watch_on(connection)
+        except Exception as exc:  # noqa: BLE001 - the statement goes on unwatched; say so, never break it
+            self.ddl.report(f"{self.label}: no longer watched ({type(exc).__name__}); it goes on without a time limit")
+
+    def _watch_on(self, connection: Connection) -> None:
+        said, said_phase, waiting_since, waiting_for = 0.0, None, 0.0, None
+        while not self._done.wait(WATCH_INTERVAL_SECONDS):
+            row = connection.execute(WATCHED_SQL, {"tag": self.tag}).first()
+            if row is None:
+                continue
+            pid, blocker, phase, *progress = row
+            now = time.monotonic()
+            if blocker != waiting_for:
+                waiting_since, waiting_for = now, blocker
+            if (phase and phase != said_phase) or now - said >= PROGRESS_EVERY_SECONDS:
+                self.ddl.report(f"{self.label}: {phase or 'running'}{done_part(*progress)}"
+                                + (f", waiting for {holder_of(connection, blocker)}" if blocker else ""))
+                said, said_phase = now, phase
+            if blocker and now - waiting_since > self.ddl.policy.max_build_wait_seconds:
+                self.waited, self.cancelled = now - waiting_since, [holder_of(connection, blocker)]
+                connection.execute(CANCEL_SQL, {"pid": pid, "tag": self.tag})
+                return
 
 
 def holder_of(connection: Connection, pid: int) -> Holder:

@@ -216,10 +216,11 @@ def test_an_index_build_waiting_on_an_old_snapshot_is_cancelled_and_rebuilt_by_t
         snapshot_holder.execute("SELECT count(*) FROM chatwoot_sync_events")
         pid = snapshot_holder.execute("SELECT pg_backend_pid()").fetchone()[0]
         with ConcurrentLoad(url, connections=2) as load:
-            result = init_db(app, "--max-lock-wait", "1")
+            result = init_db(app, "--max-build-wait", "1")
         snapshot_holder.rollback()
     assert result.exit_code == 1 and f"pid {pid}" in result.output, result.output
     assert "index ix_companies_unfinished_provisioning: waiting" in result.output
+    assert "is left invalid: the next init-db drops it and builds it again" in result.output
     assert load.failures == [] and load.max_wait < MAX_OTHER_WAIT_SECONDS, load.slowest
     assert upgraded_state(url)["invalid_indexes"] == [("ix_companies_unfinished_provisioning",)]
     result = init_db(app)
@@ -251,6 +252,54 @@ def test_a_check_that_allows_other_values_is_not_taken_for_ours(seed_database):
                " ADD CONSTRAINT host_status_ck CHECK (provisioning_status IN ('pending', 'ready', 'failed', 'archived'))")
     assert init_db(app).exit_code == 0
     assert ("companies_provisioning_status_check", True) in upgraded_state(url)["checks"]
+
+
+@pytest.mark.parametrize("meaning", [
+    "provisioning_status NOT IN ('pending', 'ready', 'failed')",
+    "provisioning_status IN ('pending', 'ready', 'failed') OR provisioning_status IS NULL",
+    "provisioning_status IN ('pending', 'ready')",
+])
+def test_a_check_on_the_same_column_that_means_something_else_is_not_taken_for_ours(seed_database, meaning):
+    app, url = seed_database
+    query(url, f"ALTER TABLE companies ADD COLUMN provisioning_status VARCHAR(16), ADD CONSTRAINT host_ck CHECK ({meaning})")
+    assert init_db(app).exit_code == 0
+    assert ("companies_provisioning_status_check", True) in upgraded_state(url)["checks"]
+
+
+def test_a_check_of_another_meaning_under_our_name_stops_init_db_with_what_to_do(seed_database):
+    app, url = seed_database
+    query(url, "ALTER TABLE companies ADD COLUMN chatwoot_status VARCHAR(20) NOT NULL DEFAULT 'active',"
+               " ADD CONSTRAINT companies_chatwoot_status_check CHECK (chatwoot_status IN ('active', 'suspended'))")
+    result = init_db(app)
+    assert result.exit_code == 1
+    assert "has a CHECK named companies_chatwoot_status_check that allows other values" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_table_without_an_id_column_is_refused_with_a_clear_message(app_on_own_database):
+    app, url = app_on_own_database("CREATE TABLE companies (company_id VARCHAR(64) PRIMARY KEY, company_name TEXT)")
+    for options in ((), ("--dry-run",)):
+        result = init_db(app, *options)
+        assert result.exit_code == 1 and "companies has no `id` column" in result.output, result.output
+    assert query(url, "SELECT count(*) FROM information_schema.columns WHERE table_name = 'companies'") == [(2,)]
+
+
+def test_our_index_name_on_another_table_is_reported_not_mistaken_for_ours(seed_database):
+    app, url = seed_database
+    query(url, "CREATE TABLE companies_old (next_provisioning_at TIMESTAMPTZ)")
+    query(url, "CREATE INDEX ix_companies_unfinished_provisioning ON companies_old (next_provisioning_at)")
+    result = init_db(app)
+    assert result.exit_code == 1
+    assert "ix_companies_unfinished_provisioning is taken by an index on companies_old" in result.output
+
+
+def test_every_server_default_is_one_postgresql_keeps_in_the_catalog():
+    """ADD COLUMN with a volatile default (random(), clock_timestamp()) would rewrite the table under its lock."""
+    from multibackend.extensions import Base
+
+    defaults = {str(column.server_default.arg) for table in Base.metadata.tables.values() for column in table.columns
+                if column.server_default is not None}
+    assert all(re.fullmatch(r"-?\d+|\w+|now\(\)|false|true", default) for default in defaults), defaults
 
 
 def test_an_invalid_unique_index_left_by_an_interrupted_build_is_rebuilt(seed_database):
@@ -344,3 +393,18 @@ def test_an_older_plugin_table_gets_its_missing_column_and_index_online(seed_dat
     assert "adding columns to chatwoot_sync_events: error" in result.output
     assert "building index ix_chatwoot_sync_events_errors on chatwoot_sync_events (CONCURRENTLY" in result.output
     assert query(url, "SELECT indisvalid FROM pg_index WHERE indexrelid = 'ix_chatwoot_sync_events_errors'::regclass") == [(True,)]
+
+
+def test_a_deferrable_unique_constraint_is_not_taken_for_one_on_conflict_can_use(seed_database):
+    app, url = seed_database
+    query(url, "ALTER TABLE companies DROP CONSTRAINT unique_chatwoot_account, ADD CONSTRAINT unique_chatwoot_account"
+               " UNIQUE (chatwoot_account_id) DEFERRABLE INITIALLY DEFERRED")
+    result = init_db(app)
+    assert result.exit_code == 0, result.output
+    assert "WARNING: unique_chatwoot_account on companies is DEFERRABLE" in result.output
+    assert upgraded_state(url)["account_unique"] == ["companies_chatwoot_account_id_key", "unique_chatwoot_account"]
+    assert doctor_checks(app)["companies table"].detail.startswith("unique_chatwoot_account is DEFERRABLE")
+    query(url, "ALTER TABLE companies DROP CONSTRAINT unique_chatwoot_account")  # what the warning tells operators
+    insert = ("INSERT INTO companies (company_id, company_name, chatwoot_account_id, redis_prefix, vectorstore_index)"
+              " VALUES ('chatwoot_7', 'Again', '7', 'p', 'i') ON CONFLICT DO NOTHING RETURNING id")
+    assert query(url, insert) == [] and doctor_checks(app)["companies table"].ok

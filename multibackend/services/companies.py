@@ -127,10 +127,6 @@ class CompanyWrite:
         )
         self.removed_accounts.update(account for (account,) in rows if account)
 
-    def changes_schema(self) -> None:
-        """The block runs DDL and upgrade statements on companies: every cached lookup answer is dropped after it."""
-        self.forget_every_answer = True
-
     def snapshot(self, company: Company) -> CompanySnapshot:
         """The company as this write committed it (read without a round trip, whatever the session expires)."""
         return self.snapshots.get(id(company)) or CompanySnapshot.of(company)
@@ -181,6 +177,20 @@ def company_write(dry_run: bool = False) -> Iterator[CompanyWrite]:
         _current_write.reset(token)
     if not dry_run:
         _after_commit(write)
+
+
+@contextlib.contextmanager
+def schema_change() -> Iterator[None]:
+    """init-db's upgrade of companies (its columns, the tenant names of older rows), which writes through its own
+    connections and opens no transaction here: every worker's cached lookup answers are dropped after it."""
+    if _current_write.get() is not None:
+        raise RuntimeError("a schema change does not run inside a company_write() block")
+    token = _current_write.set(CompanyWrite(forget_every_answer=True))
+    try:
+        yield
+    finally:
+        _current_write.reset(token)
+        lookup_cache.publish(None)
 
 
 def write_in_progress() -> bool:

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import text
 
 from multibackend import schema_upgrade
-from multibackend.extensions import db
+from multibackend.extensions import db, engine_connect_args
 from multibackend.online_ddl import Report
 from multibackend.services.companies import company_write
 
@@ -48,6 +48,11 @@ def has_unique_constraint() -> bool:
     return schema_upgrade.has_unique_index(read_in_session, "companies", "chatwoot_account_id")
 
 
+def deferred_unique_constraints() -> list[str]:
+    """DEFERRABLE UNIQUE constraints on companies: INSERT ... ON CONFLICT fails while one exists."""
+    return schema_upgrade.deferred_unique_indexes(read_in_session, "companies")
+
+
 def read_in_session(statement: Any, parameters: dict[str, Any]) -> list[Any]:
     return list(db.session.execute(statement, parameters))
 
@@ -62,6 +67,6 @@ def remove_duplicates_and_constrain(report: Report = logger.info) -> list[Duplic
             if rows:
                 write.remove([row.id for row in rows])
         removed += rows
-        if schema_upgrade.protect_account_ids(db.engine, report):
+        if schema_upgrade.protect_account_ids(db.engine, report, engine_connect_args()):
             return removed
     raise RuntimeError(f"duplicates of chatwoot_account_id kept arriving during {DEDUPE_ROUNDS} rounds of dedupe")

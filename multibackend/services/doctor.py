@@ -87,7 +87,12 @@ def check_companies_table() -> Outcome:
     inspector = inspect(db.engine)
     if not inspector.has_table("companies"):
         return failed("missing", f"{chatwoot_command()} init-db")
-    if db.engine.dialect.name == "postgresql" and not dedupe.has_unique_constraint():
+    if db.engine.dialect.name != "postgresql":
+        return passed("present, UNIQUE (chatwoot_account_id)")
+    if deferred := dedupe.deferred_unique_constraints():
+        return failed(f"{', '.join(deferred)} is DEFERRABLE: INSERT ... ON CONFLICT fails on every new company",
+                      "drop it and add it back without DEFERRABLE")
+    if not dedupe.has_unique_constraint():
         return failed("no UNIQUE constraint on chatwoot_account_id",
             f"{chatwoot_command()} dedupe --dry-run, then {chatwoot_command()} dedupe",
         )
