@@ -185,12 +185,13 @@ def schema_change() -> Iterator[None]:
     connections and opens no transaction here: every worker's cached lookup answers are dropped after it."""
     if _current_write.get() is not None:
         raise RuntimeError("a schema change does not run inside a company_write() block")
-    token = _current_write.set(CompanyWrite(forget_every_answer=True))
+    write = CompanyWrite(forget_every_answer=True)
+    token = _current_write.set(write)
     try:
         yield
     finally:
         _current_write.reset(token)
-        lookup_cache.publish(None)
+        _after_commit(write)
 
 
 def write_in_progress() -> bool:
