@@ -173,11 +173,12 @@ def fill_tenant_names(ddl: OnlineDDL, columns_were_missing: bool) -> None:
     else:
         condition = UNNAMED_COMPANIES
     total, first, last = ddl.read(f"SELECT count(*), min(id), max(id) FROM companies WHERE {condition}")[0]
-    if ddl.dry_run and total:
-        first_batch = [with_values(ddl, BATCH_UPPER_KEY, after=first - 1, last=last, rows=BACKFILL_BATCH_ROWS),
-                       with_values(ddl, FILL_TENANT_NAMES, after=first - 1, upper=last)]
-        ddl.statements.append(ddl.framed(first_batch) + f"\n-- in batches of {BACKFILL_BATCH_ROWS} keys up to {last} ({total} rows)")
-    elif total:
+    if not total:
+        return
+    first_batch = [with_values(ddl, BATCH_UPPER_KEY, after=first - 1, last=last, rows=BACKFILL_BATCH_ROWS),
+                   with_values(ddl, FILL_TENANT_NAMES, after=first - 1, upper=last)]
+    ddl.statements.append(ddl.framed(first_batch) + f"\n-- in batches of {BACKFILL_BATCH_ROWS} keys up to {last} ({total} rows)")
+    if not ddl.dry_run:
         ddl.backfill(COMPANIES, "filling the tenant names of existing companies", fill_one_batch, (first - 1, last), total)
 
 
