@@ -46,6 +46,18 @@ def with_database(url: str, name: str) -> str:
     return make_url(url).set(database=name).render_as_string(hide_password=False)
 
 
+# the companies table of the first setup guide (before the auto-sync), as operators created it by hand
+SETUP_GUIDE_COMPANIES = """
+CREATE TABLE companies (
+    id SERIAL PRIMARY KEY,
+    company_id VARCHAR(64) NOT NULL,
+    company_name VARCHAR(255) NOT NULL,
+    chatwoot_account_id VARCHAR(50),
+    created_at TIMESTAMP DEFAULT now()
+);
+"""
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as probe:

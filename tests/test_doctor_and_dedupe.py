@@ -9,7 +9,7 @@ import pytest
 from multibackend.cli import apply_schema
 from multibackend.services import dashboard_tabs, dedupe
 from multibackend.services.delivery_spool import SPOOL_KEY
-from tests.helpers import ROOT, WEBHOOK, companies_state, doctor_checks, free_port, run_command
+from tests.helpers import ROOT, SETUP_GUIDE_COMPANIES, WEBHOOK, companies_state, doctor_checks, free_port, run_command
 
 SECRET = "doctor-secret"
 BACKEND = "https://backend.example"
@@ -141,14 +141,7 @@ def test_doctor_command_exits_1_without_a_traceback_when_the_database_is_unreach
 
 # ---- dedupe of an older database -------------------------------------------------------------------------------
 
-LEGACY_TABLE = """
-CREATE TABLE companies (
-    id SERIAL PRIMARY KEY,
-    company_id VARCHAR(64) NOT NULL,
-    company_name VARCHAR(255) NOT NULL,
-    chatwoot_account_id VARCHAR(50),
-    created_at TIMESTAMPTZ DEFAULT now()
-);
+LEGACY_TABLE = SETUP_GUIDE_COMPANIES + """
 INSERT INTO companies (company_id, company_name, chatwoot_account_id, created_at) VALUES
     ('chatwoot_1', 'One (old)', '1', '2026-01-01'),
     ('chatwoot_1', 'One (newest)', '1', '2026-03-01'),

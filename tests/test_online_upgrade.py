@@ -16,21 +16,12 @@ import psycopg
 import pytest
 
 from multibackend.services import dedupe
-from tests.helpers import ROOT, ConcurrentLoad, doctor_checks, run_command
+from tests.helpers import ROOT, SETUP_GUIDE_COMPANIES, ConcurrentLoad, doctor_checks, run_command
 
 SEED_ROWS = 40_000
 MAX_OTHER_WAIT_SECONDS = 1.0
 # the setup guide's table, and the constraint its troubleshooting section tells operators to add
-SEED_TABLE = """
-CREATE TABLE companies (
-    id SERIAL PRIMARY KEY,
-    company_id VARCHAR(64) NOT NULL,
-    company_name VARCHAR(255) NOT NULL,
-    chatwoot_account_id VARCHAR(50),
-    created_at TIMESTAMP DEFAULT now()
-);
-ALTER TABLE companies ADD CONSTRAINT unique_chatwoot_account UNIQUE (chatwoot_account_id);
-"""
+SEED_TABLE = SETUP_GUIDE_COMPANIES + "ALTER TABLE companies ADD CONSTRAINT unique_chatwoot_account UNIQUE (chatwoot_account_id);"
 SEED_ROWS_SQL = (
     "INSERT INTO companies (company_id, company_name, chatwoot_account_id)"
     " SELECT 'chatwoot_' || i, 'Company ' || i, i::text FROM generate_series(1, %d) AS i"
