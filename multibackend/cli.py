@@ -303,9 +303,12 @@ def dashboard_apps_command(script: bool, dry_run: bool) -> None:
         raise click.ClickException(str(exc)) from None
     verb = "would be " if dry_run else ""
     click.echo(
-        f"[Chatwoot Sync] Company tabs: {len(totals.created)} {verb}created, {len(totals.updated)} {verb}updated, "
-        f"{len(totals.unchanged)} already right, {len(totals.skipped)} accounts without an administrator"
+        f"[Chatwoot Sync] Company tabs: {len(totals.created)} {verb}created, {len(totals.updated)} {verb}updated "
+        f"({len(totals.reowned)} given a current administrator as owner), {len(totals.unchanged)} already right, "
+        f"{len(totals.skipped)} skipped"
     )
+    for reason, accounts in dashboard_tabs.group_by_reason(totals.skipped).items():
+        click.echo(f"  skipped, {reason}: accounts {', '.join(map(str, accounts))}")
 
 
 @chatwoot_cli.command("remove-test-companies")

@@ -11,6 +11,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from multibackend.web_addresses import is_absolute_http_url
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -40,6 +43,15 @@ def tab_title(name: str, value: Any) -> str:
     if not title or len(title) > 255 or not title.isprintable():
         raise ConfigError(f"{name} must be 1 to 255 printable characters, got {value!r}")
     return title
+
+
+def public_url(name: str, value: Any) -> str:
+    """An absolute http:// or https:// URL with a host (a path is fine), without spaces, query or fragment; kept
+    without its trailing slash. Chatwoot refuses a tab whose URL is anything else."""
+    url = text(name, value).strip()
+    if url and not (is_absolute_http_url(url) and not urlsplit(url).query and not urlsplit(url).fragment):
+        raise ConfigError(f"{name} must be an absolute http:// or https:// URL such as https://backend.example, got {value!r}")
+    return url.rstrip("/")
 
 
 def positive_int(name: str, value: Any) -> int:
@@ -201,7 +213,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Chatwoot's address for its Platform API, with `CHATWOOT_PLATFORM_TOKEN`: the same as "
             "`CHATWOOT_DATABASE_URL` when there is no database access (only the accounts that platform app can see)"),
     Setting("CHATWOOT_PLATFORM_TOKEN", "", secret, "the platform app's access token for `CHATWOOT_API_URL`"),
-    Setting("PUBLIC_URL", "", text,
+    Setting("PUBLIC_URL", "", public_url,
             "this backend's public URL, e.g. `https://backend.example`; the doctor checks Chatwoot points at it"),
     Setting("CHATWOOT_DASHBOARD_APPS", True, boolean,
             "put the company tab (a Chatwoot Dashboard App) in every account, through `CHATWOOT_DATABASE_URL`; "

@@ -121,6 +121,7 @@ DOCUMENTED_GRANTS = (
     "GRANT SELECT ON accounts, account_users, installation_configs TO {role}",
     "GRANT SELECT, INSERT, UPDATE ON dashboard_apps TO {role}",
     "GRANT USAGE ON SEQUENCE dashboard_apps_id_seq TO {role}",
+    "GRANT SELECT (id) ON users TO {role}",
 )
 
 

@@ -234,7 +234,7 @@ def test_without_public_url_no_tab_is_made_and_the_doctor_says_why(make_app, cha
 def test_the_command_reports_what_it_did(tabs_app, chatwoot):
     result = run_command(tabs_app(), "dashboard-apps")
     assert result.exit_code == 0, result.output
-    assert "4 created, 0 updated, 0 already right" in result.output
+    assert "4 created, 0 updated (0 given a current administrator as owner), 0 already right, 0 skipped" in result.output
 
 
 def test_the_rails_runner_script_makes_the_same_tabs(tabs_app):

@@ -18,6 +18,7 @@ CHECK_NAMES = {
     "recent sync success rate", "spool empty", "nothing stuck in pending",
     "Chatwoot INSTALLATION_EVENTS_WEBHOOK_URL", "every Chatwoot account has a company",
     "Chatwoot dashboard_apps writable", "every Chatwoot account has the company tab",
+    "company tabs pass Chatwoot's validation",
 }
 WEBHOOK_URL_CHECK = "Chatwoot INSTALLATION_EVENTS_WEBHOOK_URL"
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import os
 import runpy
+import subprocess
+import sys
 
 import pytest
 from flask import Flask
@@ -50,7 +52,30 @@ BAD_VALUES = {
     "CHATWOOT_WEBHOOK_SECRET": " , ",
     "CHATWOOT_ADMIN_TOKEN": " ",
     "CHATWOOT_EMBED_SECRET": "\t",
+    "PUBLIC_URL": "backend.example",
 }
+
+# what Chatwoot's DashboardApp model refuses as a tab URL, and so PUBLIC_URL must not be
+BAD_PUBLIC_URLS = ["backend.example", "ftp://backend.example", "https://backend .example", "https://", "javascript:alert(1)",
+                   "https://backend.example:port", "https://backend.example/?a=1", "https://backend.example/#x",
+                   "https://backend.example/a\nb", "http:/backend.example", "https://bäckend.example"]
+
+
+@pytest.mark.parametrize("value", BAD_PUBLIC_URLS)
+def test_a_public_url_chatwoot_would_refuse_stops_start_up_with_one_line(value):
+    completed = subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "chatwoot", "doctor"], cwd=ROOT,
+                               env={**os.environ, "PUBLIC_URL": value, "DATABASE_URL": "", "REDIS_URL": ""},
+                               capture_output=True, text=True, timeout=60)
+    assert completed.returncode != 0
+    assert completed.stderr.strip().splitlines()[-1].startswith("Error: PUBLIC_URL must be an absolute http:// or https:// URL")
+    assert "Traceback" not in completed.stderr
+
+
+@pytest.mark.parametrize(("value", "kept"), [("https://backend.example/", "https://backend.example"),
+                                             ("http://10.0.0.5:8000/backend/", "http://10.0.0.5:8000/backend"),
+                                             ("", "")])
+def test_a_good_public_url_is_kept_without_its_trailing_slash(value, kept):
+    assert read_setting({"PUBLIC_URL": value}, "PUBLIC_URL") == kept
 
 
 def _is_config(node: ast.expr) -> bool:

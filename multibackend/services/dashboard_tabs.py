@@ -28,6 +28,7 @@ from multibackend.logging_setup import printable
 from multibackend.models import DashboardTab
 from multibackend.services.chatwoot_source import chatwoot_engine
 from multibackend.services.webhook_auth import lookup_signature
+from multibackend.web_addresses import is_absolute_http_url
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +36,17 @@ WRITER_EXTENSION = "multibackend.chatwoot_tabs"
 TAB_LOCK_KEY = 4242011
 EMBED_ENDPOINT_PATH = "/embed"
 ADMINISTRATOR_ROLE = 1
-#: what the role behind CHATWOOT_DATABASE_URL needs (besides SELECT on accounts, account_users, installation_configs)
+#: what the role behind CHATWOOT_DATABASE_URL needs (besides SELECT on accounts, account_users, installation_configs);
+#: SELECT on users' id alone tells a user deleted a moment ago (Chatwoot removes its account_users rows later)
 WRITE_GRANTS = (
     "GRANT SELECT, INSERT, UPDATE ON dashboard_apps TO {role};",
     "GRANT USAGE ON SEQUENCE dashboard_apps_id_seq TO {role};",
+    "GRANT SELECT (id) ON users TO {role};",
 )
+#: Chatwoot's DashboardApp model: every string column, title included, is at most 255 characters
+TITLE_MAX_LENGTH = 255
+NO_ADMINISTRATOR = "no administrator in account_users (the tab needs one as its user)"
+NO_ACCOUNT = "no such account in Chatwoot's accounts"
 
 
 
@@ -59,6 +66,12 @@ class Tab:
     def content(self) -> list[dict[str, str]]:
         return [{"type": "frame", "url": self.url}]
 
+    def refused_because(self) -> str | None:
+        """Why Chatwoot's DashboardApp model would refuse this tab (None: it accepts it)."""
+        if not 1 <= len(self.title) <= TITLE_MAX_LENGTH:
+            return f"title must be 1 to {TITLE_MAX_LENGTH} characters"
+        return None if is_absolute_http_url(self.url) else f"url {self.url!r} is not an http:// or https:// URI"
+
 
 @dataclass
 class TabChanges:
@@ -69,10 +82,19 @@ class TabChanges:
     updated: dict[int, int] = field(default_factory=dict)
     unchanged: dict[int, int] = field(default_factory=dict)
     skipped: dict[int, str] = field(default_factory=dict)
+    reowned: dict[int, int] = field(default_factory=dict)  # updated ones whose owner was gone or no administrator
 
     def add(self, other: TabChanges) -> None:
-        for name in ("created", "updated", "unchanged", "skipped"):
+        for name in ("created", "updated", "unchanged", "skipped", "reowned"):
             getattr(self, name).update(getattr(other, name))
+
+
+def group_by_reason(skipped: dict[int, str]) -> dict[str, list[int]]:
+    """Skipped accounts by why, each list in account order."""
+    grouped: dict[str, list[int]] = {}
+    for account_id in sorted(skipped):
+        grouped.setdefault(skipped[account_id], []).append(account_id)
+    return grouped
 
 
 def tabs_disabled_because() -> str | None:
@@ -177,6 +199,24 @@ def missing_tabs_count() -> tuple[int, int]:
     return tab_writer().missing_tabs(recorded)
 
 
+def refused_tabs() -> dict[int, tuple[int, str]]:
+    """Our tabs that Chatwoot's DashboardApp model would refuse, by account: (the row's id, why)."""
+    recorded = list(db.session.scalars(select(DashboardTab.dashboard_app_id)))
+    db.session.rollback()
+    return tab_writer().refused(recorded)
+
+
+def content_refused_because(content: Any) -> str | None:
+    """Why Chatwoot's model refuses a dashboard app's content (None: it accepts it): an array of at least one
+    {"type": "frame", "url": <http(s) URI>}."""
+    if not isinstance(content, list) or not content:
+        return "its content is not a list of frames"
+    for item in content:
+        if not isinstance(item, dict) or item.get("type") != "frame" or not is_absolute_http_url(str(item.get("url", ""))):
+            return "its content has an item that is not a frame with an http(s) URL"
+    return None
+
+
 def tab_writer() -> ChatwootTabWriter:
     writer = current_app.extensions.get(WRITER_EXTENSION)
     if writer is None:
@@ -198,6 +238,7 @@ class ChatwootTabWriter:
 
     def __init__(self, url: str):
         self.engine: Engine = chatwoot_engine(url, read_only=False, application_name="multibackend-dashboard-tabs")
+        self._sees_user_ids: bool | None = None
 
     def write(self, tabs: Sequence[Tab], recorded: dict[int, int], admin_hints: dict[int, Sequence[int]], path: str, dry_run: bool) -> TabChanges:
         """Create or update our tab in each account, under per-account advisory locks, in one transaction."""
@@ -223,55 +264,61 @@ class ChatwootTabWriter:
     def _apply(
         self, connection: Connection, tabs: Sequence[Tab], recorded: dict[int, int], admin_hints: dict[int, Sequence[int]], path: str, dry_run: bool
     ) -> TabChanges:
+        """Chatwoot's database decides: a tab only in an account it has, owned by one of that account's current
+        administrators (a delivery's `users` only choose among them); ours re-owned when its owner is not one."""
         ids = [tab.account_id for tab in tabs]
         rows = connection.execute(
-            text("SELECT id, account_id, title, content FROM dashboard_apps WHERE account_id = ANY(CAST(:ids AS bigint[])) ORDER BY id"),
+            text("SELECT id, account_id, title, content, user_id FROM dashboard_apps WHERE account_id = ANY(CAST(:ids AS bigint[])) ORDER BY id"),
             {"ids": ids},
         ).all()
-        existing = {account_id: ours_in(rows, account_id, recorded.get(account_id), path) for account_id in ids}
-        admins = self._administrators(connection, [tab.account_id for tab in tabs if existing[tab.account_id] is None], admin_hints)
-        changes = TabChanges()
-        to_create = []
+        accounts, administrators = self._accounts_and_administrators(connection, ids)
+        changes, to_create, to_update = TabChanges(), [], []
         for tab in tabs:
-            row = existing[tab.account_id]
-            if row is None:
-                if tab.account_id not in admins:
-                    changes.skipped[tab.account_id] = "no administrator in account_users (the tab needs one as its user)"
-                else:
-                    to_create.append(tab)
-            elif (row.title, _as_list(row.content)) == (tab.title, tab.content):
+            row = ours_in(rows, tab.account_id, recorded.get(tab.account_id), path)
+            owner = choose_owner(administrators.get(tab.account_id, []), admin_hints.get(tab.account_id, ()), row.user_id if row else None)
+            refused = tab.refused_because()
+            if tab.account_id not in accounts or owner is None or refused:
+                changes.skipped[tab.account_id] = NO_ACCOUNT if tab.account_id not in accounts else refused or NO_ADMINISTRATOR
+            elif row is None:
+                to_create.append((tab, owner))
+            elif (row.title, _as_list(row.content), row.user_id) == (tab.title, tab.content, owner):
                 changes.unchanged[tab.account_id] = row.id
             else:
                 changes.updated[tab.account_id] = row.id
+                to_update.append((row.id, tab, owner))
+                if row.user_id != owner:
+                    changes.reowned[tab.account_id] = row.id
         if dry_run:
-            changes.created.update({tab.account_id: 0 for tab in to_create})
+            changes.created.update({tab.account_id: 0 for tab, _ in to_create})
             return changes
-        by_account = {tab.account_id: tab for tab in tabs}
-        self._update(connection, [(app_id, by_account[account_id]) for account_id, app_id in changes.updated.items()])
-        changes.created.update(self._insert(connection, to_create, admins))
+        self._update(connection, to_update)
+        changes.created.update(self._insert(connection, to_create))
         return changes
 
-    @staticmethod
-    def _administrators(connection: Connection, account_ids: list[int], hints: dict[int, Sequence[int]]) -> dict[int, int]:
-        """An administrator of each account (the oldest), else one the webhook named."""
-        if not account_ids:
-            return {}
-        found = dict(
-            connection.execute(
-                text(
-                    "SELECT DISTINCT ON (account_id) account_id, user_id FROM account_users"
-                    " WHERE account_id = ANY(CAST(:ids AS bigint[])) AND role = :role ORDER BY account_id, id"
-                ),
-                {"ids": account_ids, "role": ADMINISTRATOR_ROLE},
-            ).all()
-        )
-        for account_id in account_ids:
-            if account_id not in found and hints.get(account_id):
-                found[account_id] = int(hints[account_id][0])
-        return found
+    def _accounts_and_administrators(self, connection: Connection, account_ids: list[int]) -> tuple[set[int], dict[int, list[int]]]:
+        """The accounts Chatwoot has among these, and each one's administrators, oldest first (users that still
+        exist, where the role may read users' ids)."""
+        accounts = set(connection.execute(text("SELECT id FROM accounts WHERE id = ANY(CAST(:ids AS bigint[]))"), {"ids": account_ids}).scalars())
+        existing_users = " AND EXISTS (SELECT 1 FROM users AS u WHERE u.id = au.user_id)" if self.sees_user_ids(connection) else ""
+        administrators: dict[int, list[int]] = {}
+        for account_id, user_id in connection.execute(
+            text(
+                "SELECT au.account_id, au.user_id FROM account_users AS au"
+                f" WHERE au.account_id = ANY(CAST(:ids AS bigint[])) AND au.role = :role{existing_users} ORDER BY au.account_id, au.id"
+            ),
+            {"ids": account_ids, "role": ADMINISTRATOR_ROLE},
+        ):
+            administrators.setdefault(int(account_id), []).append(int(user_id))
+        return accounts, administrators
+
+    def sees_user_ids(self, connection: Connection) -> bool:
+        """Whether this role may read users' ids (the optional grant), asked once."""
+        if self._sees_user_ids is None:
+            self._sees_user_ids = bool(connection.execute(text("SELECT has_column_privilege('users', 'id', 'SELECT')")).scalar())
+        return self._sees_user_ids
 
     @staticmethod
-    def _insert(connection: Connection, tabs: Sequence[Tab], admins: dict[int, int]) -> dict[int, int]:
+    def _insert(connection: Connection, tabs: Sequence[tuple[Tab, int]]) -> dict[int, int]:
         if not tabs:
             return {}
         rows = connection.execute(
@@ -282,30 +329,60 @@ class ChatwootTabWriter:
                 " AS t(title, content, account_id, user_id) RETURNING account_id, id"
             ),
             {
-                "titles": [tab.title for tab in tabs],
-                "contents": [json.dumps(tab.content) for tab in tabs],
-                "accounts": [tab.account_id for tab in tabs],
-                "users": [admins[tab.account_id] for tab in tabs],
+                "titles": [tab.title for tab, _ in tabs],
+                "contents": [json.dumps(tab.content) for tab, _ in tabs],
+                "accounts": [tab.account_id for tab, _ in tabs],
+                "users": [owner for _, owner in tabs],
             },
         ).all()
         return {int(account_id): int(app_id) for account_id, app_id in rows}
 
     @staticmethod
-    def _update(connection: Connection, changes: Sequence[tuple[int, Tab]]) -> None:
+    def _update(connection: Connection, changes: Sequence[tuple[int, Tab, int]]) -> None:
         if not changes:
             return
         connection.execute(
             text(
-                "UPDATE dashboard_apps AS d SET title = t.title, content = CAST(t.content AS jsonb), updated_at = now() AT TIME ZONE 'UTC'"
-                " FROM unnest(CAST(:ids AS bigint[]), CAST(:titles AS text[]), CAST(:contents AS text[])) AS t(id, title, content)"
-                " WHERE d.id = t.id"
+                "UPDATE dashboard_apps AS d SET title = t.title, content = CAST(t.content AS jsonb), user_id = t.user_id,"
+                " updated_at = now() AT TIME ZONE 'UTC'"
+                " FROM unnest(CAST(:ids AS bigint[]), CAST(:titles AS text[]), CAST(:contents AS text[]), CAST(:users AS bigint[]))"
+                " AS t(id, title, content, user_id) WHERE d.id = t.id"
             ),
             {
-                "ids": [app_id for app_id, _ in changes],
-                "titles": [tab.title for _, tab in changes],
-                "contents": [json.dumps(tab.content) for _, tab in changes],
+                "ids": [app_id for app_id, _, _ in changes],
+                "titles": [tab.title for _, tab, _ in changes],
+                "contents": [json.dumps(tab.content) for _, tab, _ in changes],
+                "users": [owner for _, _, owner in changes],
             },
         )
+
+    def refused(self, app_ids: Sequence[int]) -> dict[int, tuple[int, str]]:
+        """Which of these dashboard apps Chatwoot's model would refuse, by account: (row id, why)."""
+        with self.engine.connect() as connection:
+            connection.execute(text(f"SET LOCAL statement_timeout = {self.STATEMENT_TIMEOUT_MS}"))
+            existing_users = " AND EXISTS (SELECT 1 FROM users AS u WHERE u.id = d.user_id)" if self.sees_user_ids(connection) else ""
+            rows = connection.execute(
+                text(
+                    "SELECT d.id, d.account_id, d.user_id, d.title, d.content,"
+                    " EXISTS (SELECT 1 FROM accounts AS a WHERE a.id = d.account_id),"
+                    " EXISTS (SELECT 1 FROM account_users AS au WHERE au.account_id = d.account_id AND au.user_id = d.user_id"
+                    f" AND au.role = :role){existing_users}"
+                    " FROM dashboard_apps AS d WHERE d.id = ANY(CAST(:ids AS bigint[]))"
+                ),
+                {"ids": list(app_ids), "role": ADMINISTRATOR_ROLE},
+            ).all()
+        refused = {}
+        for app_id, account_id, user_id, title, content, account_exists, owner_is_administrator in rows:
+            why = (
+                ("Chatwoot no longer has this account" if not account_exists else None)
+                or ("its owner was deleted from Chatwoot" if user_id is None else None)
+                or (f"its owner (user {user_id}) is not an administrator of the account" if not owner_is_administrator else None)
+                or (f"title must be 1 to {TITLE_MAX_LENGTH} characters" if not 1 <= len(title or "") <= TITLE_MAX_LENGTH else None)
+                or content_refused_because(_as_list(content))
+            )
+            if why:
+                refused[int(account_id)] = (int(app_id), why)
+        return refused
 
     def missing_tabs(self, recorded: Sequence[int]) -> tuple[int, int]:
         """Chatwoot accounts without a tab of ours: (those with an administrator, whose tab is due; those without
@@ -329,16 +406,27 @@ class ChatwootTabWriter:
             row = connection.execute(
                 text(
                     "SELECT current_user, has_table_privilege('dashboard_apps', 'SELECT'), has_table_privilege('dashboard_apps', 'INSERT'),"
-                    " has_table_privilege('dashboard_apps', 'UPDATE'), has_sequence_privilege('dashboard_apps_id_seq', 'USAGE')"
+                    " has_table_privilege('dashboard_apps', 'UPDATE'), has_sequence_privilege('dashboard_apps_id_seq', 'USAGE'),"
+                    " has_column_privilege('users', 'id', 'SELECT')"
                 )
             ).one()
         role, *granted = row
-        names = ("SELECT on dashboard_apps", "INSERT on dashboard_apps", "UPDATE on dashboard_apps", "USAGE on sequence dashboard_apps_id_seq")
+        names = ("SELECT on dashboard_apps", "INSERT on dashboard_apps", "UPDATE on dashboard_apps",
+                 "USAGE on sequence dashboard_apps_id_seq", "SELECT on users (id)")
         return [name for name, ok in zip(names, granted) if not ok]
 
     def role(self) -> str:
         with self.engine.connect() as connection:
             return str(connection.execute(text("SELECT current_user")).scalar_one())
+
+
+def choose_owner(administrators: Sequence[int], hints: Sequence[Any], current: int | None) -> int | None:
+    """Who owns the tab: its current owner while an administrator, else the first administrator a delivery named,
+    else the oldest; None when the account has none. A hint is never taken on its word."""
+    if current in administrators:
+        return current
+    named = [hint for hint in hints if isinstance(hint, int) and hint in administrators]
+    return named[0] if named else next(iter(administrators), None)
 
 
 def ours_in(rows: Sequence[Any], account_id: int, recorded_id: int | None, path: str) -> Any:
@@ -383,36 +471,52 @@ def rails_runner_script() -> str:
 RAILS_RUNNER = """# The company tab (Dashboard App) in every Chatwoot account, made by Chatwoot itself.
 # Run on the Chatwoot server, in its directory:  bundle exec rails runner /path/to/this_file.rb
 # Safe to run again: an account that has the tab (any host, same page) gets it updated in place, never twice;
-# other dashboard apps are not touched.
+# its owner is always a current administrator of the account; other dashboard apps are not touched.
+# Every account is tried on its own: one that fails is listed at the end, and the others go on.
 require 'openssl'
 base = {base}
 path = {path}
 title = {title}
 secret = {secret}
-made = updated = skipped = 0
+made = updated = reowned = 0
+skipped = {{}}
+failed = {{}}
 Account.find_each do |account|
-  url = "#{{base}}?accountId=#{{account.id}}"
-  url += "&sig=#{{OpenSSL::HMAC.hexdigest('SHA256', secret, account.id.to_s)}}" if secret
-  content = [{{ 'type' => 'frame', 'url' => url }}]
-  ours = account.dashboard_apps.detect do |app|
-    items = app.content.is_a?(Array) ? app.content : []
-    next false unless items.size == 1 && items.first.is_a?(Hash)
-    uri = URI.parse(items.first['url'].to_s) rescue nil
-    uri && uri.path.to_s.chomp('/') == path && URI.decode_www_form(uri.query.to_s).to_h['accountId'] == account.id.to_s
-  end
-  if ours
-    next if ours.title == title && ours.content == content
-    ours.update!(title: title, content: content)
-    updated += 1
-  else
-    admin = account.account_users.where(role: :administrator).order(:id).first&.user
-    if admin.nil?
-      skipped += 1
+  begin
+    url = "#{{base}}?accountId=#{{account.id}}"
+    url += "&sig=#{{OpenSSL::HMAC.hexdigest('SHA256', secret, account.id.to_s)}}" if secret
+    content = [{{ 'type' => 'frame', 'url' => url }}]
+    ours = account.dashboard_apps.detect do |app|
+      items = app.content.is_a?(Array) ? app.content : []
+      next false unless items.size == 1 && items.first.is_a?(Hash)
+      uri = URI.parse(items.first['url'].to_s) rescue nil
+      uri && uri.path.to_s.chomp('/') == path && URI.decode_www_form(uri.query.to_s).to_h['accountId'] == account.id.to_s
+    end
+    administrators = account.account_users.where(role: :administrator).order(:id).includes(:user).map(&:user).compact
+    owner = administrators.detect {{ |user| ours && user.id == ours.user_id }} || administrators.first
+    if owner.nil?
+      skipped[account.id] = 'no administrator to own the tab'
       next
     end
-    account.dashboard_apps.create!(title: title, content: content, user: admin)
-    made += 1
+    if ours
+      changes = {{}}
+      changes[:title] = title if ours.title != title
+      changes[:content] = content if ours.content != content
+      changes[:user] = owner if ours.user_id != owner.id
+      next if changes.empty?
+      ours.update!(changes)
+      updated += 1
+      reowned += 1 if changes.key?(:user)
+    else
+      account.dashboard_apps.create!(title: title, content: content, user: owner)
+      made += 1
+    end
+  rescue StandardError => e
+    failed[account.id] = "#{{e.class}}: #{{e.message}}"
   end
 end
-puts "company tabs: #{{made}} created, #{{updated}} updated, #{{skipped}} accounts without an administrator"
+puts "company tabs: #{{made}} created, #{{updated}} updated (#{{reowned}} given a current administrator as owner), " \\
+     "#{{skipped.size}} skipped, #{{failed.size}} failed"
+skipped.each {{ |id, why| puts "  account #{{id}}: skipped, #{{why}}" }}
+failed.each {{ |id, why| puts "  account #{{id}}: failed, #{{why}}" }}
 """

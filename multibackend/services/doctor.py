@@ -252,6 +252,24 @@ def check_dashboard_tabs() -> Outcome | None:
     return passed(f"every Chatwoot account with an administrator has the company tab{note}")
 
 
+def check_tabs_accepted() -> Outcome | None:
+    if dashboard_tabs.tabs_disabled_because() is not None:
+        return None
+    try:
+        refused = dashboard_tabs.refused_tabs()
+    except (SQLAlchemyError, dashboard_tabs.TabError) as exc:
+        return failed(f"Chatwoot database: {type(exc).__name__}", "check CHATWOOT_DATABASE_URL")
+    if not refused:
+        return passed("every company tab is one Chatwoot's DashboardApp model accepts (owner, title, URL)")
+    named = "; ".join(f"account {account_id}: {why}" for account_id, (_, why) in sorted(refused.items())[:5])
+    more = f" (and {len(refused) - 5} more)" if len(refused) > 5 else ""
+    gone = sorted(app_id for app_id, why in refused.values() if why == "Chatwoot no longer has this account")
+    fix = f"{chatwoot_command()} reconcile (gives each tab a current administrator of its account)"
+    if gone:
+        fix += f"; rows of accounts Chatwoot no longer has, as its database owner: DELETE FROM dashboard_apps WHERE id IN ({', '.join(map(str, gone))})"
+    return failed(f"{len(refused)} company tabs would be refused by Chatwoot: {named}{more}", fix)
+
+
 CHECKS: list[tuple[str, Callable[[], Outcome | None]]] = [
     ("settings", check_settings),
     ("database reachable", check_database),
@@ -265,4 +283,5 @@ CHECKS: list[tuple[str, Callable[[], Outcome | None]]] = [
     ("every Chatwoot account has a company", check_chatwoot_accounts),
     ("Chatwoot dashboard_apps writable", check_dashboard_apps_grant),
     ("every Chatwoot account has the company tab", check_dashboard_tabs),
+    ("company tabs pass Chatwoot's validation", check_tabs_accepted),
 ]

@@ -54,6 +54,7 @@ class ReconcileSummary:
     restored: int = 0
     tabs_created: int = 0
     tabs_updated: int = 0
+    tabs_reowned: int = 0
     failed: int = 0
     problems: list[str] = field(default_factory=list)
     #: companies whose namespace this run has just written (restore_namespaces need not read Redis for them)
@@ -75,6 +76,8 @@ class ReconcileSummary:
             for name in ("replayed", "created", "renamed", "marked", "provisioned", "announced", "restored")
         )
         tabs = f"{self.tabs_created} {verb}created, {self.tabs_updated} {verb}updated"
+        if self.tabs_reowned:
+            tabs += f" ({self.tabs_reowned} given a current administrator as owner)"
         return f"{counts}, {self.failed} failed; company tabs: {tabs}"
 
 
@@ -353,20 +356,22 @@ def sync_dashboard_tabs(summary: ReconcileSummary, dry_run: bool, progress: Prog
     source = chatwoot_source()
     if dashboard_tabs.tabs_disabled_because() is not None or not isinstance(source, ChatwootDatabaseSource):
         return
-    skipped = 0
+    skipped: dict[int, str] = {}
     try:
         with progress("Company tabs", source.count()) as advance:
             for batch in read_ahead(source.accounts(current_app.config["RECONCILE_BATCH_SIZE"])):
                 changes = dashboard_tabs.ensure_tabs([account.id for account in batch], dry_run=dry_run)
                 summary.tabs_created += len(changes.created)
                 summary.tabs_updated += len(changes.updated)
-                skipped += len(changes.skipped)
+                summary.tabs_reowned += len(changes.reowned)
+                skipped.update(changes.skipped)
                 advance(len(batch))
     except (dashboard_tabs.TabError, SourceError) as exc:
         summary.problem(f"company tabs: {exc}")
         return
-    if skipped:
-        logger.warning("[Chatwoot Sync] Company tabs: %s Chatwoot accounts have no administrator to own the tab", skipped)
+    for reason, accounts in dashboard_tabs.group_by_reason(skipped).items():
+        logger.warning("[Chatwoot Sync] Company tabs: %s Chatwoot accounts skipped, %s: %s", len(accounts), reason,
+                       ", ".join(map(str, accounts[:20])) + (" ..." if len(accounts) > 20 else ""))
 
 
 def fold_metrics(summary: ReconcileSummary, dry_run: bool, progress: Progress) -> None:
