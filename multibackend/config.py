@@ -214,7 +214,8 @@ SETTINGS: tuple[Setting, ...] = (
             "`CHATWOOT_DATABASE_URL` when there is no database access (only the accounts that platform app can see)"),
     Setting("CHATWOOT_PLATFORM_TOKEN", "", secret, "the platform app's access token for `CHATWOOT_API_URL`"),
     Setting("PUBLIC_URL", "", public_url,
-            "this backend's public URL, e.g. `https://backend.example`; the doctor checks Chatwoot points at it"),
+            "this backend's public URL, e.g. `https://backend.example`: an absolute `http://` or `https://` address "
+            "(start-up refuses anything else, as Chatwoot refuses such a tab URL); the doctor checks Chatwoot points at it"),
     Setting("CHATWOOT_DASHBOARD_APPS", True, boolean,
             "put the company tab (a Chatwoot Dashboard App) in every account, through `CHATWOOT_DATABASE_URL`; "
             "needs `PUBLIC_URL`"),

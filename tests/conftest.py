@@ -17,7 +17,7 @@ from psycopg import sql
 from multibackend import create_app
 from multibackend.cli import apply_schema
 from multibackend.extensions import db
-from tests.helpers import LIVE_SECRET, CompanyWriteWatch, LiveServer, admin_url, with_database
+from tests.helpers import LIVE_SECRET, TABS_PUBLIC_URL, CompanyWriteWatch, LiveServer, admin_url, with_database
 from tests.servers import ChatwootDatabase, FakePlatformApi
 
 TABLES = ("companies", "chatwoot_sync_events", "chatwoot_webhook_rejections", "chatwoot_sync_totals", "chatwoot_tenant_announcements", "chatwoot_dashboard_tabs")
@@ -121,6 +121,16 @@ def app_on_own_database(make_app: Callable[..., Flask]) -> Iterator[Callable[...
             db.engine.dispose()
         with psycopg.connect(admin, autocommit=True) as connection:
             connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def tabs_app(make_app: Callable[..., Flask], chatwoot: ChatwootDatabase) -> Callable[..., Flask]:
+    """Build apps that make company tabs in the test module's `chatwoot` (its writer role) for TABS_PUBLIC_URL."""
+
+    def build(**settings: Any) -> Flask:
+        return make_app(**{"CHATWOOT_DATABASE_URL": chatwoot.writer_url, "PUBLIC_URL": TABS_PUBLIC_URL, **settings})  # type: ignore[attr-defined]
+
+    return build
 
 
 @pytest.fixture

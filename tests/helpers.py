@@ -58,6 +58,21 @@ CREATE TABLE companies (
 """
 
 
+#: the public address the company-tab tests give the backend
+TABS_PUBLIC_URL = "https://backend.example"
+
+
+def wait_for(condition: Any, seconds: float = 5.0) -> Any:
+    """condition()'s first truthy value within `seconds`, else its last value."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    return condition()
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as probe:

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 
 import psycopg
 import pytest
 
 from multibackend.services import dashboard_tabs
 from multibackend.services.webhook_auth import lookup_signature
-from tests.helpers import WEBHOOK, doctor_checks, reconcile, run_command
+from tests.helpers import TABS_PUBLIC_URL, WEBHOOK, doctor_checks, reconcile, run_command, wait_for
 
-PUBLIC_URL = "https://backend.example"
+PUBLIC_URL = TABS_PUBLIC_URL
 EMBED = "/api/chatwoot/webhooks/embed"
 ADMIN = 7
 
@@ -27,15 +26,6 @@ def our_url(account_id: int, base: str = PUBLIC_URL, sig: str | None = None) -> 
     return f"{base}{EMBED}?accountId={account_id}" + (f"&sig={sig}" if sig else "")
 
 
-def wait_for(condition: Callable[[], object], seconds: float = 5.0) -> object:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    return condition()
-
 
 @pytest.fixture
 def chatwoot(chatwoot_db):
@@ -45,13 +35,6 @@ def chatwoot(chatwoot_db):
     chatwoot_db.writer_url = chatwoot_db.role_url()
     return chatwoot_db
 
-
-@pytest.fixture
-def tabs_app(make_app, chatwoot):
-    def build(**settings):
-        return make_app(**{"CHATWOOT_DATABASE_URL": chatwoot.writer_url, "PUBLIC_URL": PUBLIC_URL, **settings})
-
-    return build
 
 
 def test_a_new_account_gets_one_tab_within_seconds(tabs_app, chatwoot):

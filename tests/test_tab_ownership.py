@@ -10,12 +10,13 @@ import subprocess
 import time
 from typing import Any
 
+import psycopg
 import pytest
 
 from multibackend.services import dashboard_tabs
-from tests.helpers import ROOT, WEBHOOK, doctor_checks, reconcile, run_command
+from tests.helpers import ROOT, TABS_PUBLIC_URL, WEBHOOK, doctor_checks, reconcile, run_command, wait_for
 
-PUBLIC_URL = "https://backend.example"
+PUBLIC_URL = TABS_PUBLIC_URL
 ADMIN, OTHER_ADMIN, AGENT = 7, 8, 9
 STAND_INS = ROOT / "tests" / "fixtures" / "chatwoot_stand_ins.rb"
 
@@ -45,14 +46,6 @@ def chatwoot_model_refuses(row: tuple[Any, ...], accounts: set[int], administrat
     return errors
 
 
-def wait_for(condition, seconds: float = 5.0):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.05)
-    return condition()
-
 
 @pytest.fixture
 def chatwoot(chatwoot_db):
@@ -65,16 +58,9 @@ def chatwoot(chatwoot_db):
     return chatwoot_db
 
 
-@pytest.fixture
-def tabs_app(make_app, chatwoot):
-    def build(**settings):
-        return make_app(**{"CHATWOOT_DATABASE_URL": chatwoot.writer_url, "PUBLIC_URL": PUBLIC_URL, **settings})
-
-    return build
-
 
 def chatwoot_state(chatwoot) -> tuple[set[int], dict[int, set[int]]]:
-    with __import__("psycopg").connect(chatwoot.url) as connection:
+    with psycopg.connect(chatwoot.url) as connection:
         accounts = {row[0] for row in connection.execute("SELECT id FROM accounts")}
         administrators: dict[int, set[int]] = {}
         for account_id, user_id in connection.execute(
@@ -195,7 +181,7 @@ def test_every_row_written_is_one_chatwoots_model_accepts(tabs_app, chatwoot):
     app = tabs_app(CHATWOOT_DASHBOARD_APP_TITLE="T" * 255, CHATWOOT_EMBED_SECRET="embed-secret")
     reconcile(app)
     assert len(chatwoot.dashboard_apps()) == 4 and every_row_accepted(chatwoot) == {}
-    with __import__("psycopg").connect(chatwoot.url) as connection:
+    with psycopg.connect(chatwoot.url) as connection:
         skew = connection.execute("SELECT max(abs(extract(epoch FROM (created_at - (now() AT TIME ZONE 'UTC')))))"
                                   " FROM dashboard_apps").fetchone()[0]
     assert skew < 60  # timestamps in UTC, as Rails writes them
