@@ -440,6 +440,12 @@ def encodings_of(secret: str) -> set[str]:
     return {secret, quote(secret, safe=""), quote_plus(secret)}
 
 
+def default_name(account_id: int) -> str:
+    """The test account's name unless --name says otherwise; `flask chatwoot remove-test-companies` removes only
+    companies with this name (and an id in TEST_ACCOUNT_IDS)."""
+    return f"Smoke Test {account_id}"
+
+
 def normalised_name(name: str) -> str:
     """The company name the backend stores for an account name: no control characters, trimmed, 255 at most."""
     visible = "".join(char for char in name if unicodedata.category(char) != "Cc")
@@ -476,7 +482,7 @@ def run_suite(
     secret = first_secret(secret)
     expect_new = account_id is None
     account_id = account_id if account_id is not None else random.randint(*TEST_ACCOUNT_IDS)
-    name = name or f"Smoke Test {account_id}"
+    name = name or default_name(account_id)
     with Backend(base_url, secret, timeout, embed_secret) as backend:
         report = Report(out, [secret, embed_secret], timeout * 1000)
         authentication = "with a secret" if secret else "without a secret"
@@ -561,7 +567,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         type=positive_int,
         help="Chatwoot account id of the test company (default: random in 900000000..999999999)",
     )
-    parser.add_argument("--name", help='name of the test account (default: "Smoke Test <id>")')
+    parser.add_argument("--name", help='name of the test account (default: "Smoke Test <id>"; with another name, '
+                        "`flask chatwoot remove-test-companies` does not remove it)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--get", type=positive_int, metavar="ID", help="only look up account ID and print the answer")
     mode.add_argument("--metrics", action="store_true", help="only print the sync metrics")

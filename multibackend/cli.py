@@ -265,16 +265,16 @@ def doctor_command() -> None:
 @click.argument("account_id", type=click.IntRange(min=1, max=2**63 - 1))
 @with_appcontext
 def embed_url_command(account_id: int) -> None:
-    """Print the dashboard URL to register in Chatwoot for one account (signed with CHATWOOT_EMBED_SECRET)."""
-
-    from multibackend.services.webhook_auth import lookup_signature
+    """Print the URL of one account's company tab, exactly as the automatic tabs carry it (signed with
+    CHATWOOT_EMBED_SECRET): a tab made by hand with it is recognised as ours, never doubled."""
+    from multibackend.services import dashboard_tabs
 
     config = current_app.config
-    base = (config["PUBLIC_URL"] or "http://localhost:8000").rstrip("/")
-    url = f"{base}/?accountId={account_id}"
-    if config["CHATWOOT_EMBED_SECRET"]:
-        url += f"&sig={lookup_signature(config['CHATWOOT_EMBED_SECRET'], account_id)}"
-    else:
+    url = dashboard_tabs.desired_tab(account_id).url
+    if not config["PUBLIC_URL"]:
+        url = f"http://localhost:8000{url}"
+        click.echo("note: PUBLIC_URL is not set; the URL uses http://localhost:8000", err=True)
+    if not config["CHATWOOT_EMBED_SECRET"]:
         click.echo("note: CHATWOOT_EMBED_SECRET is not set, lookups are open and the URL needs no signature", err=True)
     click.echo(url)
 
@@ -313,13 +313,20 @@ def dashboard_apps_command(script: bool, dry_run: bool) -> None:
 
 @chatwoot_cli.command("remove-test-companies")
 @click.option("--dry-run", is_flag=True, help="Only list the companies that would be removed.")
+@click.option("--yes", is_flag=True, help="Remove without asking (for scripts).")
 @with_appcontext
-def remove_test_companies_command(dry_run: bool) -> None:
-    """Remove the smoke test's companies (account ids 900000000-999999999) and their Redis namespaces."""
+def remove_test_companies_command(dry_run: bool, yes: bool) -> None:
+    """Remove the smoke test's companies ("Smoke Test <id>", account ids 900000000-999999999) and their Redis
+    namespaces, after listing them and asking."""
     from multibackend.services.smoke_cleanup import remove_smoke_test_companies
 
-    removed = remove_smoke_test_companies(dry_run=dry_run)
-    verb = "would remove" if dry_run else "removed"
-    for company in removed:
-        click.echo(f"  {verb} {company.company_id} ({company.company_name})")
-    click.echo(f"[Chatwoot Sync] Smoke-test companies: {verb} {len(removed)}")
+    listed = remove_smoke_test_companies(dry_run=True)
+    for company in listed:
+        click.echo(f"  {company.company_id} ({company.company_name})")
+    if dry_run or not listed:
+        click.echo(f"[Chatwoot Sync] Smoke-test companies: would remove {len(listed)}")
+        return
+    if not yes:
+        click.confirm(f"Remove these {len(listed)} companies?", abort=True)
+    removed = remove_smoke_test_companies()
+    click.echo(f"[Chatwoot Sync] Smoke-test companies: removed {len(removed)}")

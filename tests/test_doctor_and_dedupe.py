@@ -254,23 +254,45 @@ def test_dedupe_command_removes_the_duplicates(upgraded_legacy_database):
 
 
 def test_remove_test_companies_removes_only_the_smoke_tests(make_app, clean_database, redis_client):
-    from multibackend.services.smoke_cleanup import SMOKE_TEST_ACCOUNT_IDS, remove_smoke_test_companies
+    from multibackend.services.smoke_cleanup import SMOKE_TEST_ACCOUNT_IDS, remove_smoke_test_companies, smoke_test_name
 
     app = make_app()
     client = app.test_client()
     for account_id in (42, 900_000_001, 999_999_999, 1_000_000_000):
-        client.post(WEBHOOK, json={"id": account_id, "name": f"Company {account_id}"})
+        client.post(WEBHOOK, json={"id": account_id, "name": smoke_test_name(account_id)})
+    client.post(WEBHOOK, json={"id": 900_000_002, "name": "Real customer 900000002"})
     assert client.get("/api/chatwoot/webhooks/company/900000001").json["data"]["exists"] is True
     with app.app_context():
         removed = remove_smoke_test_companies()
     assert sorted(company.company_id for company in removed) == ["chatwoot_900000001", "chatwoot_999999999"]
-    assert sorted(companies_state(clean_database)) == ["chatwoot_1000000000", "chatwoot_42"]
+    assert sorted(companies_state(clean_database)) == ["chatwoot_1000000000", "chatwoot_42", "chatwoot_900000002"]
     assert redis_client.exists("chatwoot_900000001:tenant") == 0 and redis_client.exists("chatwoot_42:tenant") == 1
     assert client.get("/api/chatwoot/webhooks/company/900000001").json["data"]["exists"] is False
     assert SMOKE_TEST_ACCOUNT_IDS == smoke_test_account_ids()
+    assert smoke_test_name(900_000_001) == smoke_test_script().default_name(900_000_001)
+
+
+def test_remove_test_companies_lists_them_and_asks_first(make_app, clean_database, redis_client):
+    from multibackend.services.smoke_cleanup import smoke_test_name
+
+    app = make_app()
+    client = app.test_client()
+    client.post(WEBHOOK, json={"id": 900_000_003, "name": smoke_test_name(900_000_003)})
+    client.post(WEBHOOK, json={"id": 900_000_004, "name": "Real customer 900000004"})
+    refused = app.test_cli_runner().invoke(args=["chatwoot", "remove-test-companies"], input="n\n")
+    assert "chatwoot_900000003 (Smoke Test 900000003)" in refused.output and "900000004" not in refused.output
+    assert refused.exit_code == 1 and len(companies_state(clean_database)) == 2
+    accepted = run_command(app, "remove-test-companies", "--yes")
+    assert accepted.exit_code == 0 and "removed 1" in accepted.output
+    assert sorted(companies_state(clean_database)) == ["chatwoot_900000004"]
 
 
 def smoke_test_account_ids():
+    return smoke_test_script().TEST_ACCOUNT_IDS
+
+
+def smoke_test_script():
+    """test_chatwoot_webhook.py, loaded as a module."""
     import importlib.util
     import sys
 
@@ -281,4 +303,4 @@ def smoke_test_account_ids():
         spec.loader.exec_module(module)
     finally:
         del sys.modules[spec.name]
-    return module.TEST_ACCOUNT_IDS
+    return module

@@ -3,6 +3,7 @@ JSON headers, wrong settings at start-up."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -365,3 +366,23 @@ def test_reconcile_with_json_logs_says_it_in_one_json_line(tmp_path):
     assert finished.stdout == ""
     summaries = [json.loads(line) for line in finished.stderr.splitlines() if "Reconcile: " in line]
     assert len(summaries) == 1 and summaries[0]["logger"] == "multibackend.services.reconciler"
+
+
+BAD_CHUNKS = [b"zz\r\n", b"5\r\nab\r\n0\r\n\r\n", b"1;\x00\r\na\r\n0\r\n\r\n", b"-1\r\n", b"1\r\naXX0\r\n\r\n"]
+
+
+@pytest.mark.parametrize("body", BAD_CHUNKS, ids=["not-hex", "short-chunk", "bad-extension", "negative", "no-terminator"])
+def test_a_badly_framed_chunked_body_is_the_clients_400_without_a_traceback(production_server, body):
+    before = production_server.log().count("Traceback")
+    with socket.create_connection(("127.0.0.1", production_server.port), timeout=10) as connection:
+        connection.sendall(b"POST " + WEBHOOK.encode() + b" HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                           b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + body)
+        connection.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.split()[1] == b"400", answer[:300]
+    assert json.loads(rest.split(b"\r\n\r\n", 1)[1])["code"] == "bad_request"
+    time.sleep(0.2)
+    assert production_server.log().count("Traceback") == before

@@ -6,6 +6,7 @@ import logging
 
 import pytest
 
+from multibackend.services import dashboard_tabs
 from multibackend.services.webhook_auth import lookup_signature, lookup_signature_valid
 from tests.helpers import WEBHOOK, count_rows, free_port, run_command
 
@@ -118,11 +119,13 @@ def test_embed_url_command_prints_the_signed_url(make_app, clean_database):
     app = make_app(CHATWOOT_EMBED_SECRET="embed-secret", PUBLIC_URL="https://backend.example/")
     result = run_command(app, "embed-url", "42")
     assert result.exit_code == 0
-    assert result.output.strip() == f"https://backend.example/?accountId=42&sig={lookup_signature('embed-secret', 42)}"
+    url = f"https://backend.example/api/chatwoot/webhooks/embed?accountId=42&sig={lookup_signature('embed-secret', 42)}"
+    assert result.stdout.strip() == url
+    assert dashboard_tabs.opens_our_page([{"type": "frame", "url": url}], 42, "/api/chatwoot/webhooks/embed")  # the tab writer's own
 
 
 def test_embed_url_command_prints_an_unsigned_url_without_the_secret(make_app, clean_database):
-    assert run_command(make_app(), "embed-url", "42").output.strip().endswith("/?accountId=42")
+    assert run_command(make_app(), "embed-url", "42").stdout.strip() == "http://localhost:8000/api/chatwoot/webhooks/embed?accountId=42"
 
 
 def test_embed_url_command_refuses_an_invalid_account_id(make_app, clean_database):

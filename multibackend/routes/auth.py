@@ -11,7 +11,7 @@ from typing import Any, Callable, NoReturn
 from flask import Flask, current_app, request
 from limits import parse_many
 
-from multibackend.errors import ApiError
+from multibackend.errors import ApiError, request_body
 from multibackend.extensions import LIMITS_EXTENSION, window_limits
 from multibackend.schemas import BIGINT_MAX
 from multibackend.services import webhook_auth
@@ -23,7 +23,7 @@ def require_chatwoot_auth(view: Callable[..., Any]) -> Callable[..., Any]:
     @wraps(view)
     def authenticated_view(*args: Any, **kwargs: Any) -> Any:
         secrets = current_app.config["CHATWOOT_WEBHOOK_SECRETS"]
-        body = request.get_data(cache=True)  # read first: the body limit (413) comes before authentication
+        body = request_body()  # read first: the body limit (413) comes before authentication
         if secrets and not webhook_auth.is_authentic(
             credentials_of_request(body), secrets, time.time(), current_app.config["CHATWOOT_SIGNATURE_TOLERANCE_SECONDS"]
         ):

@@ -10,7 +10,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from multibackend import observability
-from multibackend.errors import JSON_ANSWER_HEADERS, ApiError, register_blueprint_errors, service_unavailable
+from multibackend.errors import JSON_ANSWER_HEADERS, ApiError, more_body, register_blueprint_errors, request_body, service_unavailable
 from multibackend.logging_setup import printable
 from multibackend.routes.auth import (
     account_id_of,
@@ -48,7 +48,7 @@ def limit_body_size() -> None:
     request.max_content_length = limit = current_app.config["CHATWOOT_WEBHOOK_MAX_BODY_BYTES"]
     if request.content_length is None:
         # werkzeug stops reading a chunked body at the limit without saying so: one byte more means too large
-        if len(request.get_data(cache=True)) >= limit and request.input_stream.read(1):
+        if len(request_body()) >= limit and more_body():
             raise RequestEntityTooLarge()
 
 
@@ -72,7 +72,7 @@ def parse_json_body() -> Any:
     if request.mimetype and not request.is_json:
         raise ApiError(415, "unsupported_media_type", "Content-Type must be application/json")
     try:
-        return json.loads(request.get_data(cache=True).decode("utf-8"), parse_constant=_reject_constant)
+        return json.loads(request_body().decode("utf-8"), parse_constant=_reject_constant)
     except (ValueError, RecursionError):
         raise ApiError(400, "invalid_json", "Request body is not valid JSON") from None
 
