@@ -10,7 +10,10 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 
-QUERY_PARAMETER_PATTERN = re.compile(r"(^|[?&;])([^=&;?\s\"]*)=([^&;\s\"]*)")  # a name never spans a "?"
+# a name never spans a "?"; a value runs to the next "&" (all werkzeug splits on), so a secret's ";" or '"' and
+# whatever follows it are masked with it; a value that is not secret is read again after its first ";" or '"'
+QUERY_PARAMETER_PATTERN = re.compile(r"(^|[?&;])([^=&;?\s\"]*)=([^&\s]*)")
+NOT_SECRET_VALUE_END = re.compile(r"[;\"]")
 SECRET_PARAMETERS = frozenset({"token", "sig", "secret", "password", "api_access_token"})
 #: every control (Cc), format (Cf: bidi overrides, zero-width characters) and line/paragraph separator character
 #: (Zl, Zp), Unicode 15; tests/test_hardening.py checks it against the running Python's unicodedata
@@ -36,8 +39,10 @@ def mask_secrets(text: str) -> str:
 
     def mask(match: re.Match[str]) -> str:
         separator, name, value = match.groups()
-        secret = ARRAY_SUFFIX.sub("", unquote_plus(name).strip().lower()) in SECRET_PARAMETERS
-        return f"{separator}{name}={'***' if secret else value}"
+        if ARRAY_SUFFIX.sub("", unquote_plus(name).strip().lower()) in SECRET_PARAMETERS:
+            return f"{separator}{name}=***"
+        end = NOT_SECRET_VALUE_END.search(value)
+        return f"{separator}{name}={value if end is None else value[:end.start()] + mask_secrets(value[end.start():])}"
 
     return QUERY_PARAMETER_PATTERN.sub(mask, text)
 

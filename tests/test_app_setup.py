@@ -247,7 +247,10 @@ def test_procfile_runs_init_db_on_release_and_gunicorn_on_web():
         ("POST /api/chatwoot/webhooks/account-created?token=abc HTTP/1.1", "POST /api/chatwoot/webhooks/account-created?token=*** HTTP/1.1"),
         ("GET /x?a=1&token=abc&b=2 HTTP/1.1", "GET /x?a=1&token=***&b=2 HTTP/1.1"),
         ("GET /x?%74oken=abc HTTP/1.1", "GET /x?%74oken=*** HTTP/1.1"),
-        ("GET /x?TOKEN=abc;sig=def HTTP/1.1", "GET /x?TOKEN=***;sig=*** HTTP/1.1"),
+        ("GET /x?TOKEN=abc;sig=def HTTP/1.1", "GET /x?TOKEN=*** HTTP/1.1"),  # werkzeug reads one token: all of it
+        ("GET /x?a=1;sig=def HTTP/1.1", "GET /x?a=1;sig=*** HTTP/1.1"),
+        ('GET /x?token=abc;TAIL"MORE&b=2 HTTP/1.1', "GET /x?token=***&b=2 HTTP/1.1"),
+        ('GET /x?a="1";token=abc HTTP/1.1', 'GET /x?a="1";token=*** HTTP/1.1'),
         ("token=abc", "token=***"),
         ("GET /x?tokens=abc HTTP/1.1", "GET /x?tokens=abc HTTP/1.1"),
         ("/api/chatwoot/webhooks/metrics?token=abc", "/api/chatwoot/webhooks/metrics?token=***"),  # a bare path

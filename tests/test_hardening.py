@@ -183,6 +183,7 @@ def test_refusals_add_up_across_workers(production_server):
 @pytest.mark.parametrize("query", [
     "token=s3cret-VALUE", "token[]=s3cret-VALUE", "token%5B%5D=s3cret-VALUE", "token[0]=s3cret-VALUE",
     "x=1&TOKEN=s3cret-VALUE", "to%6Ben=s3cret-VALUE", "sig=s3cret-VALUE", "a=1;secret=s3cret-VALUE",
+    "token=abc;s3cret-VALUE", 'token=ab"s3cret-VALUE', "token=;s3cret-VALUE&x=1", 'a="1;token=s3cret-VALUE',
 ])
 def test_mask_secrets_masks_every_spelling_of_a_secret_parameter(query):
     from multibackend.logging_setup import mask_secrets
@@ -386,3 +387,12 @@ def test_a_badly_framed_chunked_body_is_the_clients_400_without_a_traceback(prod
     assert json.loads(rest.split(b"\r\n\r\n", 1)[1])["code"] == "bad_request"
     time.sleep(0.2)
     assert production_server.log().count("Traceback") == before
+
+
+@pytest.mark.parametrize("tail", [";TAILSECRET_semicolon", '"TAILSECRET_quote'])
+def test_a_token_with_a_semicolon_or_quote_reaches_no_log_line(production_server, tail):
+    requests.post(f"{production_server.url}{WEBHOOK}?token={LIVE_SECRET}{requests.utils.quote(tail, safe=';')}",
+                  json={"id": 778300, "name": "Masked"}, timeout=10)
+    time.sleep(0.3)
+    log = production_server.log()
+    assert "token=***" in log and "TAILSECRET" not in log

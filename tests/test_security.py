@@ -166,3 +166,27 @@ def test_a_query_string_that_is_not_utf8_is_400_not_500(make_app, clean_database
     response = method(base, environ_overrides={"QUERY_STRING": query + "\xff\xfe"}, json={"id": 1, "name": "One"})
     assert (response.status_code, response.json) == (400, {"success": False, "error": "Query string is not valid UTF-8", "code": "bad_request"})
     assert count_rows(clean_database, "companies") == 0
+
+
+@pytest.mark.parametrize(("remote", "original", "key"), [
+    ("203.0.113.9", "10.0.0.1", "203.0.113.9"),
+    ("not-an-address", "10.0.0.1", "10.0.0.1"),
+    ("x" * 4096, "10.0.0.1", "10.0.0.1"),
+    ("2001:db8:1:2:aaaa::1", None, "2001:db8:1:2::/64"),
+    ("2001:db8:1:2:bbbb::7", None, "2001:db8:1:2::/64"),
+    ("", None, "unknown"),
+])
+def test_the_limit_counts_an_ip_address_never_a_spoofed_string_and_ipv6_by_its_64(remote, original, key):
+    from multibackend.routes.auth import address_of
+
+    environ = {"REMOTE_ADDR": remote}
+    if original:
+        environ["werkzeug.proxy_fix.orig"] = {"REMOTE_ADDR": original}
+    assert address_of(environ) == key
+
+
+def test_spoofed_forwarded_entries_that_are_not_addresses_count_against_the_peer(make_app):
+    client = make_app(RATELIMIT_LOOKUP="3 per minute", TRUSTED_PROXY_COUNT=1).test_client()
+    statuses = [client.get("/api/chatwoot/webhooks/company/42", headers={"X-Forwarded-For": f"spoof-{n}-" + "x" * 500}).status_code
+                for n in range(5)]
+    assert statuses == [200, 200, 200, 429, 429]

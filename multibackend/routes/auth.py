@@ -3,6 +3,7 @@ metrics, the dashboard and Prometheus (the same secret or CHATWOOT_ADMIN_TOKEN: 
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from dataclasses import replace
 from functools import lru_cache, wraps
@@ -117,8 +118,22 @@ def client_address() -> str:
 
 
 def address_of(environ: dict[str, Any]) -> str:
-    """The client address the rate limits count against (ProxyFix has put the proxied client's there)."""
-    return environ.get("REMOTE_ADDR") or "unknown"
+    """The client the rate limits count against: the address ProxyFix took from X-Forwarded-For when it is an IP
+    address, else the peer's (a spoofed entry that is not an address is ignored); an IPv6 client by its /64."""
+    key = limit_key(environ.get("REMOTE_ADDR") or "")
+    if key is None:
+        key = limit_key((environ.get("werkzeug.proxy_fix.orig") or {}).get("REMOTE_ADDR") or "")
+    return key or "unknown"
+
+
+@lru_cache(maxsize=4096)
+def limit_key(address: str) -> str | None:
+    """The rate-limit key of an address: itself for IPv4, its /64 for IPv6; None when it is not an IP address."""
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    return str(ipaddress.ip_network(f"{parsed}/64", strict=False)) if parsed.version == 6 else str(parsed)
 
 
 @lru_cache(maxsize=32)
