@@ -37,29 +37,6 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-def request_body() -> bytes:
-    """The request body (read once, then cached); a body the server cannot read is the client's 400."""
-    return _read_as_framed(lambda: request.get_data(cache=True))
-
-
-def more_body() -> bytes:
-    """One more byte of the body stream, past what was read (a chunked body over the limit has one)."""
-    return _read_as_framed(lambda: request.input_stream.read(1))
-
-
-def _read_as_framed(read: Callable[[], bytes]) -> bytes:
-    """read(); what the WSGI server raises while reading the stream (gunicorn's ParseException for a chunked body
-    with bad framing, an OSError) is the client's 400 bad_request, never a 500."""
-    try:
-        return read()
-    except HTTPException:
-        raise
-    except Exception as exc:
-        if not (isinstance(exc, OSError) or type(exc).__module__.startswith("gunicorn.http")):
-            raise
-        raise ApiError(400, "bad_request", "The request body is not framed correctly") from None
-
-
 def service_unavailable(what: str) -> ApiError:
     """503 for a backing service that is down, with a Retry-After hint."""
     return ApiError(

@@ -374,9 +374,10 @@ BAD_CHUNKS = [b"zz\r\n", b"5\r\nab\r\n0\r\n\r\n", b"1;\x00\r\na\r\n0\r\n\r\n", b
 
 @pytest.mark.parametrize("body", BAD_CHUNKS, ids=["not-hex", "short-chunk", "bad-extension", "negative", "no-terminator"])
 def test_a_badly_framed_chunked_body_is_the_clients_400_without_a_traceback(production_server, body):
+    """(Without credentials the body is never read: 403, see below.)"""
     before = production_server.log().count("Traceback")
     with socket.create_connection(("127.0.0.1", production_server.port), timeout=10) as connection:
-        connection.sendall(b"POST " + WEBHOOK.encode() + b" HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        connection.sendall(b"POST " + f"{WEBHOOK}?token={LIVE_SECRET}".encode() + b" HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                            b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + body)
         connection.shutdown(socket.SHUT_WR)
         answer = b""
@@ -396,3 +397,22 @@ def test_a_token_with_a_semicolon_or_quote_reaches_no_log_line(production_server
     time.sleep(0.3)
     log = production_server.log()
     assert "token=***" in log and "TAILSECRET" not in log
+
+
+def test_anonymous_stalled_bodies_are_refused_unread_and_release_their_connections(production_server):
+    """Credentials come from the URL and headers: a client without them is answered before its body is read, so
+    300 bodies that never finish hold nothing (the stalled-clients test above keeps its connections open)."""
+    sockets = []
+    try:
+        for _ in range(300):
+            connection = socket.create_connection(("127.0.0.1", production_server.port), timeout=10)
+            connection.sendall(f"POST {WEBHOOK} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                               "Content-Length: 1000\r\n\r\n{".encode())
+            sockets.append(connection)
+        started = time.monotonic()
+        statuses = [connection.recv(64).split(b" ")[1] for connection in sockets]
+        assert set(statuses) <= {b"403", b"429"} and time.monotonic() - started < 5
+        assert requests.get(f"{production_server.url}/livez", timeout=2).status_code == 200
+    finally:
+        for connection in sockets:
+            connection.close()

@@ -7,10 +7,9 @@ import logging
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from multibackend import observability
-from multibackend.errors import JSON_ANSWER_HEADERS, ApiError, more_body, register_blueprint_errors, request_body, service_unavailable
+from multibackend.errors import JSON_ANSWER_HEADERS, ApiError, register_blueprint_errors, service_unavailable
 from multibackend.logging_setup import printable
 from multibackend.routes.auth import (
     account_id_of,
@@ -19,6 +18,7 @@ from multibackend.routes.auth import (
     require_operator,
 )
 from multibackend.routes.chatwoot_pages import pages_bp
+from multibackend.routes.request_bodies import limited_body, refuse_declared_oversize
 from multibackend.schemas import (
     ACCOUNT_CREATED_EVENT,
     account_created_schema,
@@ -40,16 +40,7 @@ def start_request() -> None:
     """Start the request's clock (duration histograms) and bound the body of what has one (one hook: each costs)."""
     observability.start_clock()
     if request.method == "POST":
-        limit_body_size()
-
-
-def limit_body_size() -> None:
-    """413 for a body over the limit, whether it announces its length or comes in chunks."""
-    request.max_content_length = limit = current_app.config["CHATWOOT_WEBHOOK_MAX_BODY_BYTES"]
-    if request.content_length is None:
-        # werkzeug stops reading a chunked body at the limit without saying so: one byte more means too large
-        if len(request_body()) >= limit and more_body():
-            raise RequestEntityTooLarge()
+        refuse_declared_oversize()
 
 
 def record_failure(error: ApiError) -> None:
@@ -72,7 +63,7 @@ def parse_json_body() -> Any:
     if request.mimetype and not request.is_json:
         raise ApiError(415, "unsupported_media_type", "Content-Type must be application/json")
     try:
-        return json.loads(request_body().decode("utf-8"), parse_constant=_reject_constant)
+        return json.loads(limited_body().decode("utf-8"), parse_constant=_reject_constant)
     except (ValueError, RecursionError):
         raise ApiError(400, "invalid_json", "Request body is not valid JSON") from None
 
