@@ -284,3 +284,29 @@ def test_prometheus_counts_each_outcome_once(make_app, clean_database):
     assert {result: prometheus_sample("chatwoot_lookup_duration_seconds_count", result=result) - before
             for result, before in lookups.items()} == dict.fromkeys(lookups, 1.0)
     assert prometheus_sample("chatwoot_webhook_duration_seconds_count") - timed == 5
+
+
+def test_held_answers_stay_within_their_byte_budget_dropping_the_oldest(monkeypatch):
+    from multibackend.services import lookup_cache
+
+    monkeypatch.setattr(lookup_cache, "HELD_BYTES", 10 * (100 + lookup_cache.HELD_ENTRY_OVERHEAD_BYTES))
+    held = lookup_cache.HeldAnswers(client=None)  # type: ignore[arg-type]
+    held.live = True
+    for account_id in range(1, 26):
+        held.put(account_id, b"x" * 100, held.generation)
+        assert held.held_bytes <= lookup_cache.HELD_BYTES
+    assert sorted(held.answers) == list(range(16, 26))  # the ten newest
+    held.put(20, b"y" * 100, held.generation)  # replaced, not counted twice
+    assert held.held_bytes == 10 * (100 + lookup_cache.HELD_ENTRY_OVERHEAD_BYTES)
+    held.drop([20, 21])
+    assert held.held_bytes == 8 * (100 + lookup_cache.HELD_ENTRY_OVERHEAD_BYTES)
+    held.drop(None)
+    assert held.held_bytes == 0 and held.answers == {}
+
+
+def test_a_lookup_answer_is_compact_utf8_without_escapes(client):
+    name = "\U0001F600" * 255
+    client.post("/api/chatwoot/webhooks/account-created", json={"id": 4242, "name": name})
+    answer = client.get("/api/chatwoot/webhooks/company/4242")
+    assert answer.json["data"]["company_name"] == name
+    assert b"\\ud83d" not in answer.data and len(answer.data) < 1500

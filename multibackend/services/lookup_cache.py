@@ -35,7 +35,10 @@ ABSENT_ANSWER = b'{"exists":false}'
 INVALIDATION_CHANNEL = "multibackend:lookup:changed"
 EVERY_ANSWER = "*"
 HELD_SECONDS = 30.0
-HELD_MAX = 200_000
+#: the most one process holds, in bytes: each answer counts its JSON (UTF-8, never `\\uXXXX`-inflated) plus what a
+#: held entry costs in memory besides (its key, expiry, tuple and bytes object, dict slot); the oldest go first
+HELD_BYTES = 128 * 1024 * 1024
+HELD_ENTRY_OVERHEAD_BYTES = 200
 
 
 class HeldAnswers:
@@ -44,6 +47,7 @@ class HeldAnswers:
 
     def __init__(self, client: redis.Redis):
         self.answers: dict[int, tuple[float, bytes]] = {}
+        self.held_bytes = 0
         self.spooled: set[int] = set()  # accounts with a spooled delivery, as far as this process knows
         self.generation = 0
         self.live = False
@@ -61,11 +65,19 @@ class HeldAnswers:
         with self.lock:
             if not self.live or generation != self.generation:
                 return  # an invalidation came in while PostgreSQL was being read: that reading may be stale
-            if len(self.answers) >= HELD_MAX:
-                self.answers.clear()
+            self._forget(account_id)
+            cost = held_cost(answer)
+            while self.answers and self.held_bytes + cost > HELD_BYTES:
+                self._forget(next(iter(self.answers)))  # the oldest held
             # spread over the last quarter of HELD_SECONDS: answers held together (a restart, a burst of iframes)
             # are not all read again in the same second
             self.answers[account_id] = (time.monotonic() + HELD_SECONDS * random.uniform(0.75, 1.0), answer)
+            self.held_bytes += cost
+
+    def _forget(self, account_id: int) -> None:
+        held = self.answers.pop(account_id, None)
+        if held is not None:
+            self.held_bytes -= held_cost(held[1])
 
     def may_be_spooled(self, account_id: int) -> bool:
         """False only when this account surely has no spooled delivery (the subscription is up and said none)."""
@@ -77,9 +89,10 @@ class HeldAnswers:
             self.generation += 1
             if account_ids is None:
                 self.answers.clear()
+                self.held_bytes = 0
             else:
                 for account_id in account_ids:
-                    self.answers.pop(account_id, None)
+                    self._forget(account_id)
                     self.spooled.discard(account_id)
 
     def start(self) -> None:
@@ -211,5 +224,11 @@ def publish(account_ids: Iterable[str] | None) -> None:
         logger.warning("[Chatwoot Sync] Lookup answers not invalidated (%s); other workers may lag up to %s s", type(exc).__name__, HELD_SECONDS)
 
 
+def held_cost(answer: bytes) -> int:
+    """What holding one answer costs against HELD_BYTES."""
+    return len(answer) + HELD_ENTRY_OVERHEAD_BYTES
+
+
 def encode(data: dict[str, Any]) -> bytes:
-    return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
+    """The answer's JSON as UTF-8: an emoji costs 4 bytes, not the 12 of `\\ud83d\\ude00`."""
+    return json.dumps(data, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
