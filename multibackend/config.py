@@ -49,7 +49,8 @@ def public_url(name: str, value: Any) -> str:
     """An absolute http:// or https:// URL with a host (a path is fine), without spaces, query or fragment; kept
     without its trailing slash. Chatwoot refuses a tab whose URL is anything else."""
     url = text(name, value).strip()
-    if url and not (is_absolute_http_url(url) and not urlsplit(url).query and not urlsplit(url).fragment):
+    parts = urlsplit(url)
+    if url and not (is_absolute_http_url(url) and not parts.query and not parts.fragment):
         raise ConfigError(f"{name} must be an absolute http:// or https:// URL such as https://backend.example, got {value!r}")
     return url.rstrip("/")
 

@@ -119,7 +119,7 @@ def online(engine: Engine, report: Report, policy: LockPolicy | None = None, dry
 
 def upgrade_table(ddl: OnlineDDL, table: Table) -> None:
     """One table: created whole when missing; otherwise each missing piece added online."""
-    present = {row[0] for row in ddl.read(COLUMNS_SQL, {"table": table.name}, table.name)}
+    present = columns(ddl, table.name)
     if not present:
         create_table(ddl, table)
         return

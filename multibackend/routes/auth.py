@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from functools import lru_cache, wraps
-from collections.abc import Sequence
 from typing import Any, Callable, NoReturn
 
 from flask import Flask, current_app, request

@@ -47,6 +47,7 @@ WRITE_GRANTS = (
 TITLE_MAX_LENGTH = 255
 NO_ADMINISTRATOR = "no administrator in account_users (the tab needs one as its user)"
 NO_ACCOUNT = "no such account in Chatwoot's accounts"
+ACCOUNT_GONE = "Chatwoot no longer has this account"
 
 
 
@@ -68,9 +69,7 @@ class Tab:
 
     def refused_because(self) -> str | None:
         """Why Chatwoot's DashboardApp model would refuse this tab (None: it accepts it)."""
-        if not 1 <= len(self.title) <= TITLE_MAX_LENGTH:
-            return f"title must be 1 to {TITLE_MAX_LENGTH} characters"
-        return None if is_absolute_http_url(self.url) else f"url {self.url!r} is not an http:// or https:// URI"
+        return title_refused_because(self.title) or content_refused_because(self.content)
 
 
 @dataclass
@@ -204,6 +203,11 @@ def refused_tabs() -> dict[int, tuple[int, str]]:
     recorded = list(db.session.scalars(select(DashboardTab.dashboard_app_id)))
     db.session.rollback()
     return tab_writer().refused(recorded)
+
+
+def title_refused_because(title: str | None) -> str | None:
+    """Why Chatwoot's model refuses a dashboard app's title (None: it accepts it)."""
+    return None if 1 <= len(title or "") <= TITLE_MAX_LENGTH else f"title must be 1 to {TITLE_MAX_LENGTH} characters"
 
 
 def content_refused_because(content: Any) -> str | None:
@@ -360,24 +364,18 @@ class ChatwootTabWriter:
         """Which of these dashboard apps Chatwoot's model would refuse, by account: (row id, why)."""
         with self.engine.connect() as connection:
             connection.execute(text(f"SET LOCAL statement_timeout = {self.STATEMENT_TIMEOUT_MS}"))
-            existing_users = " AND EXISTS (SELECT 1 FROM users AS u WHERE u.id = d.user_id)" if self.sees_user_ids(connection) else ""
             rows = connection.execute(
-                text(
-                    "SELECT d.id, d.account_id, d.user_id, d.title, d.content,"
-                    " EXISTS (SELECT 1 FROM accounts AS a WHERE a.id = d.account_id),"
-                    " EXISTS (SELECT 1 FROM account_users AS au WHERE au.account_id = d.account_id AND au.user_id = d.user_id"
-                    f" AND au.role = :role){existing_users}"
-                    " FROM dashboard_apps AS d WHERE d.id = ANY(CAST(:ids AS bigint[]))"
-                ),
-                {"ids": list(app_ids), "role": ADMINISTRATOR_ROLE},
+                text("SELECT id, account_id, user_id, title, content FROM dashboard_apps WHERE id = ANY(CAST(:ids AS bigint[]))"),
+                {"ids": list(app_ids)},
             ).all()
+            accounts, administrators = self._accounts_and_administrators(connection, sorted({row.account_id for row in rows}))
         refused = {}
-        for app_id, account_id, user_id, title, content, account_exists, owner_is_administrator in rows:
+        for app_id, account_id, user_id, title, content in rows:
             why = (
-                ("Chatwoot no longer has this account" if not account_exists else None)
+                (ACCOUNT_GONE if account_id not in accounts else None)
                 or ("its owner was deleted from Chatwoot" if user_id is None else None)
-                or (f"its owner (user {user_id}) is not an administrator of the account" if not owner_is_administrator else None)
-                or (f"title must be 1 to {TITLE_MAX_LENGTH} characters" if not 1 <= len(title or "") <= TITLE_MAX_LENGTH else None)
+                or (None if user_id in administrators.get(account_id, []) else f"its owner (user {user_id}) is not an administrator of the account")
+                or title_refused_because(title)
                 or content_refused_because(_as_list(content))
             )
             if why:

@@ -263,7 +263,7 @@ def check_tabs_accepted() -> Outcome | None:
         return passed("every company tab is one Chatwoot's DashboardApp model accepts (owner, title, URL)")
     named = "; ".join(f"account {account_id}: {why}" for account_id, (_, why) in sorted(refused.items())[:5])
     more = f" (and {len(refused) - 5} more)" if len(refused) > 5 else ""
-    gone = sorted(app_id for app_id, why in refused.values() if why == "Chatwoot no longer has this account")
+    gone = sorted(app_id for app_id, why in refused.values() if why == dashboard_tabs.ACCOUNT_GONE)
     fix = f"{chatwoot_command()} reconcile (gives each tab a current administrator of its account)"
     if gone:
         fix += f"; rows of accounts Chatwoot no longer has, as its database owner: DELETE FROM dashboard_apps WHERE id IN ({', '.join(map(str, gone))})"
